@@ -1,0 +1,146 @@
+"""Ports: what the core needs from the outside world, as `typing.Protocol`s.
+
+Each port has a production adapter and a real lightweight one for development and tests:
+
+=================  ==========================================  =======================================
+port               production                                  embedded default / tests
+=================  ==========================================  =======================================
+OrderStore         SQLAlchemy on PostgreSQL                    SQLAlchemy on SQLite (WAL)
+StudySource        DICOMweb (QIDO-RS / WADO-RS)                a local folder of DICOM files
+ImageScorer        torchxrayvision-based model from a registry  same, with the placeholder model
+JobQueue           (distributed queue, later)                  in-process worker thread
+ResultPublisher    HL7 outbox to the RIS, ...                  none (FHIR results are read, not pushed)
+=================  ==========================================  =======================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from .domain import (
+    FindingScore,
+    ImagingOrder,
+    InstanceInfo,
+    Job,
+    JobEvent,
+    JobState,
+    ModelIdentity,
+    Priority,
+    TriageResult,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class OrderStore(Protocol):
+    """The source of truth for orders, jobs and results. Every method is one transaction."""
+
+    def add_order(self, order: ImagingOrder, job: Job, event: JobEvent) -> tuple[ImagingOrder, Job, bool]:
+        """Store a new order with its job; if (source, source_key) exists, return the stored one and False."""
+        ...
+
+    def get_order(self, order_id: str) -> ImagingOrder | None: ...
+
+    def find_order(self, source: str, source_key: str) -> ImagingOrder | None: ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def job_for_order(self, order_id: str) -> Job | None: ...
+
+    def record_transition(
+        self, event: JobEvent, *, priority: Priority | None = None, result: TriageResult | None = None
+    ) -> Job:
+        """Move a job from `event.from_state` to `event.to_state`, store the event (and result) atomically.
+
+        Raises `TriageError(CONFLICT)` when the job is no longer in `event.from_state` (another worker moved it).
+        """
+        ...
+
+    def get_result(self, job_id: str) -> TriageResult | None: ...
+
+    def events(self, job_id: str) -> list[JobEvent]: ...
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        priorities: Sequence[Priority] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Job], int]:
+        """Jobs, most urgent first then oldest first, and the total count matching."""
+        ...
+
+    def list_results(
+        self,
+        *,
+        service_request_ref: str | None = None,
+        patient_ref: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[TriageResult], int]: ...
+
+    def unfinished_job_ids(self) -> list[str]: ...
+
+
+class StudySource(Protocol):
+    """Where the pixels come from: a PACS over DICOMweb, or a folder."""
+
+    def find_instances(self, study_instance_uid: str) -> list[InstanceInfo]:
+        """Metadata of every instance in the study (QIDO-RS). Raises STUDY_NOT_FOUND / PACS_UNAVAILABLE."""
+        ...
+
+    def retrieve_instance(self, instance: InstanceInfo) -> bytes:
+        """The DICOM Part 10 bytes of one instance (WADO-RS)."""
+        ...
+
+
+class PreparedImage(Protocol):
+    """An image decoded and preprocessed for the model; opaque to the core."""
+
+
+class ImageScorer(Protocol):
+    """The model behind a port, so the web and MLLP processes need no torch."""
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    def prepare(self, dicom_bytes: bytes) -> PreparedImage:
+        """Decode and preprocess; raise UNREADABLE_IMAGE / NOT_A_RADIOGRAPH / NOT_A_CHEST when it cannot."""
+        ...
+
+    def score(self, image: PreparedImage) -> list[FindingScore]: ...
+
+
+class InstanceSelector(Protocol):
+    def __call__(self, instances: Sequence[InstanceInfo]) -> InstanceInfo:
+        """The instance to score, or raise NOT_A_RADIOGRAPH / NOT_A_CHEST / LATERAL_ONLY."""
+        ...
+
+
+class TriagePolicy(Protocol):
+    def decide(self, findings: Sequence[FindingScore], requested: Priority) -> tuple[Priority, str]:
+        """The priority for a scored study and a short reason. Must never return less than `requested`."""
+        ...
+
+
+class JobQueue(Protocol):
+    """Carries job ids only; the database holds the state, so every stage can be re-run."""
+
+    def enqueue(self, job_id: str) -> None: ...
+
+
+class EventListener(Protocol):
+    """Receives each job event after it is committed (audit, metrics, notifications)."""
+
+    def __call__(self, event: JobEvent) -> None: ...
+
+
+class ResultPublisher(Protocol):
+    """Pushes a finished result somewhere (the RIS over HL7, a FHIR server, ...)."""
+
+    def publish(self, order: ImagingOrder, result: TriageResult) -> None: ...

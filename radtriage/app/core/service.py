@@ -1,0 +1,247 @@
+"""The triage service: the one place where an order becomes a job and a job becomes a result.
+
+Doors (FHIR, HL7, the CLI demo) turn their protocol into an `ImagingOrder` and call `submit_order`; workers
+call `run_job` with a job id taken from the queue. Neither door nor worker holds business logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from .domain import ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
+from .errors import ErrorCode, TriageError
+from .pipeline import advance
+from .ports import (
+    Clock,
+    EventListener,
+    ImageScorer,
+    InstanceSelector,
+    JobQueue,
+    OrderStore,
+    ResultPublisher,
+    StudySource,
+    TriagePolicy,
+)
+
+log = logging.getLogger(__name__)
+
+S = JobState
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TriageService:
+    def __init__(
+        self,
+        *,
+        store: OrderStore,
+        queue: JobQueue,
+        source: StudySource,
+        selector: InstanceSelector,
+        policy: TriagePolicy,
+        scorer: Callable[[], ImageScorer],
+        clock: Clock | None = None,
+        listeners: Sequence[EventListener] = (),
+        publishers: Sequence[ResultPublisher] = (),
+    ) -> None:
+        """`scorer` is a factory so that processes that never score (web, MLLP) never load the model."""
+        self.store = store
+        self.queue = queue
+        self.source = source
+        self.selector = selector
+        self.policy = policy
+        self._scorer_factory = scorer
+        self._scorer: ImageScorer | None = None
+        self.clock: Clock = clock or SystemClock()
+        self.listeners = list(listeners)
+        self.publishers = list(publishers)
+
+    # ------------------------------------------------------------------ orders in
+
+    def submit_order(self, order: ImagingOrder) -> tuple[ImagingOrder, Job, bool]:
+        """Store the order and queue its job. Re-submitting the same (source, source_key) changes nothing.
+
+        Returns the stored order, its job and whether it was new. When this returns, the order is committed:
+        a door may acknowledge it.
+        """
+        if not order.study_instance_uid.strip():
+            raise TriageError(ErrorCode.INVALID_INPUT, "the order has no Study Instance UID")
+        now = self._now()
+        order = replace(order, id=order.id or new_id(), received_at=order.received_at or now)
+        job = Job(id=new_id(), order_id=order.id, state=S.RECEIVED, priority=order.requested_priority)
+        created_event = JobEvent(job.id, S.RECEIVED, S.RECEIVED, now, detail=f"order received via {order.source}")
+        stored_order, stored_job, created = self.store.add_order(order, job, created_event)
+        if created:
+            self._emit(created_event)
+            stored_job = self._move(stored_job, S.QUEUED)
+            self.queue.enqueue(stored_job.id)
+        return stored_order, stored_job, created
+
+    def cancel_order(self, source: str, source_key: str, reason: str = "cancelled by the ordering system") -> Job:
+        order = self.store.find_order(source, source_key)
+        job = self.store.job_for_order(order.id) if order and order.id else None
+        if job is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no such order")
+        if job.state is S.CANCELLED:
+            return job
+        if job.state.is_terminal:
+            raise TriageError(ErrorCode.CONFLICT, f"the job is already {job.state.value}")
+        return self._move(job, S.CANCELLED, detail=reason)
+
+    def retry_job(self, job_id: str) -> Job:
+        """Queue a failed job again (e.g. after the PACS came back)."""
+        job = self._job(job_id)
+        job = self._move(job, S.QUEUED, detail="retry")
+        self.queue.enqueue(job.id)
+        return job
+
+    def resume_unfinished(self) -> int:
+        """Re-queue every job a previous process left unfinished; returns how many."""
+        ids = self.store.unfinished_job_ids()
+        for job_id in ids:
+            self.queue.enqueue(job_id)
+        return len(ids)
+
+    # ------------------------------------------------------------------ the worker side
+
+    def run_job(self, job_id: str) -> Job:
+        """Run one job through every stage. Safe to call again for the same id: stages restart from fetching."""
+        job = self._job(job_id)
+        if job.state.is_terminal:
+            return job
+        order = self.store.get_order(job.order_id)
+        if order is None:  # cannot happen with a consistent store
+            raise TriageError(ErrorCode.INTERNAL, "job without an order")
+        try:
+            if job.state is not S.QUEUED:
+                job = self._move(job, S.QUEUED, detail="resumed")
+            job = self._move(job, S.FETCHING)
+            instances = self.source.find_instances(order.study_instance_uid)
+            chosen = self.selector(instances)
+            job = self._move(
+                job, S.SELECTED, data={"series": chosen.series_instance_uid, "instance": chosen.sop_instance_uid}
+            )
+            pixels = self.source.retrieve_instance(chosen)
+            scorer = self.scorer
+            image = scorer.prepare(pixels)
+            job = self._move(job, S.PREPROCESSED)
+            job = self._move(job, S.SCORING)
+            findings = scorer.score(image)
+            priority, why = self.policy.decide(findings, order.requested_priority)
+            # The policy promises this already; the core enforces it too because it is a safety rule.
+            priority = max(priority, order.requested_priority)
+            result = TriageResult(
+                job_id=job.id,
+                findings=tuple(findings),
+                priority=priority,
+                model=scorer.identity,
+                series_instance_uid=chosen.series_instance_uid,
+                sop_instance_uid=chosen.sop_instance_uid,
+                priority_reason=why,
+                created_at=self._now(),
+            )
+            job = self._move(job, S.SCORED, priority=priority, result=result)
+            job = self._move(job, S.PUBLISHING)
+            for publisher in self.publishers:
+                publisher.publish(order, result)
+            return self._move(job, S.COMPLETED)
+        except TriageError as err:
+            if err.code is ErrorCode.CONFLICT:
+                # Someone else moved the job (cancelled, or another worker): their state wins.
+                log.info("job %s changed under the worker: %s", job_id, err.detail)
+                return self._job(job_id)
+            log.warning("job %s failed: %s", job_id, err.code.value)
+            return self._fail(job_id, err)
+        except Exception:
+            log.exception("job %s failed with an unexpected error", job_id)
+            return self._fail(job_id, TriageError(ErrorCode.INTERNAL, "unexpected error while processing"))
+
+    @property
+    def scorer(self) -> ImageScorer:
+        if self._scorer is None:
+            try:
+                self._scorer = self._scorer_factory()
+            except TriageError:
+                raise
+            except Exception as exc:
+                log.exception("the model could not be loaded")
+                raise TriageError(ErrorCode.MODEL_UNAVAILABLE) from exc
+        return self._scorer
+
+    # ------------------------------------------------------------------ reads for the doors
+
+    def job(self, job_id: str) -> Job:
+        return self._job(job_id)
+
+    def order(self, order_id: str) -> ImagingOrder:
+        order = self.store.get_order(order_id)
+        if order is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no such order")
+        return order
+
+    def result(self, job_id: str) -> TriageResult | None:
+        return self.store.get_result(job_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def _now(self) -> datetime:
+        return self.clock.now()
+
+    def _job(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no such job")
+        return job
+
+    def _move(
+        self,
+        job: Job,
+        to_state: JobState,
+        *,
+        detail: str | None = None,
+        data: dict[str, str] | None = None,
+        priority: Priority | None = None,
+        result: TriageResult | None = None,
+        error: TriageError | None = None,
+    ) -> Job:
+        if error is not None:
+            data = {**(data or {}), "retryable": "true" if error.retryable else "false"}
+        event = advance(
+            job,
+            to_state,
+            self._now(),
+            reason_code=error.code.value if error else None,
+            detail=detail or (error.detail if error else None),
+            data=data,
+        )
+        stored = self.store.record_transition(event, priority=priority, result=result)
+        self._emit(event)
+        return stored
+
+    def _fail(self, job_id: str, err: TriageError) -> Job:
+        job = self._job(job_id)
+        if job.state.is_terminal:
+            return job
+        try:
+            return self._move(job, S.FAILED, error=err)
+        except TriageError as conflict:  # cancelled meanwhile
+            log.info("job %s not marked failed: %s", job_id, conflict.detail)
+            return self._job(job_id)
+
+    def _emit(self, event: JobEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener must never break the pipeline
+                log.exception("event listener failed for job %s", event.job_id)
