@@ -32,7 +32,7 @@ class Priority(enum.IntEnum):
             raise ValueError(f"unknown priority code {code!r}") from None
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """States of a triage job; the allowed moves are in `pipeline.TRANSITIONS`."""
 
     RECEIVED = "received"

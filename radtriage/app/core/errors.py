@@ -7,10 +7,10 @@ records it as the Task's coded `statusReason`. Messages must never contain patie
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Stable, machine-readable reasons. Add new ones at the end; clients may depend on the values."""
 
     # The request itself is wrong (client must change it; do not retry).

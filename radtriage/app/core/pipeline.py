@@ -30,9 +30,7 @@ FORWARD: dict[JobState, JobState] = {
 }
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    state: frozenset({FORWARD[state], S.FAILED, S.CANCELLED, S.QUEUED} - {state})
-    if state in FORWARD
-    else frozenset()
+    state: frozenset({FORWARD[state], S.FAILED, S.CANCELLED, S.QUEUED} - {state}) if state in FORWARD else frozenset()
     for state in JobState
 }
 # A failed job that may succeed later (PACS down) can be queued again; completed and cancelled are final.
@@ -54,9 +52,7 @@ def advance(
 ) -> JobEvent:
     """The event that moves `job` to `to_state`; raises CONFLICT if the table does not allow it."""
     if not can_move(job.state, to_state):
-        raise TriageError(
-            ErrorCode.CONFLICT, f"job cannot move from {job.state.value} to {to_state.value}"
-        )
+        raise TriageError(ErrorCode.CONFLICT, f"job cannot move from {job.state.value} to {to_state.value}")
     if to_state is S.FAILED and not reason_code:
         raise ValueError("a failed job needs a reason code")
     return JobEvent(

@@ -10,7 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .domain import ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
 from .errors import ErrorCode, TriageError
@@ -34,7 +34,7 @@ S = JobState
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -78,8 +78,9 @@ class TriageService:
         if not order.study_instance_uid.strip():
             raise TriageError(ErrorCode.INVALID_INPUT, "the order has no Study Instance UID")
         now = self._now()
-        order = replace(order, id=order.id or new_id(), received_at=order.received_at or now)
-        job = Job(id=new_id(), order_id=order.id, state=S.RECEIVED, priority=order.requested_priority)
+        order_id = order.id or new_id()
+        order = replace(order, id=order_id, received_at=order.received_at or now)
+        job = Job(id=new_id(), order_id=order_id, state=S.RECEIVED, priority=order.requested_priority)
         created_event = JobEvent(job.id, S.RECEIVED, S.RECEIVED, now, detail=f"order received via {order.source}")
         stored_order, stored_job, created = self.store.add_order(order, job, created_event)
         if created:

@@ -1,0 +1,277 @@
+"""`OrderStore` on SQLAlchemy Core. The same code runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..core.domain import (
+    FindingScore,
+    ImagingOrder,
+    Job,
+    JobEvent,
+    JobState,
+    ModelIdentity,
+    Priority,
+    TriageResult,
+)
+from ..core.errors import ErrorCode, TriageError
+from .tables import job_events, jobs, orders, results
+
+_ORDER_FIELDS = (
+    "id",
+    "source",
+    "source_key",
+    "study_instance_uid",
+    "patient_ref",
+    "accession_number",
+    "placer_order_number",
+    "filler_order_number",
+    "procedure_code",
+    "ordering_provider",
+    "service_request_ref",
+    "imaging_study_ref",
+    "received_at",
+)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite drops the time zone; every time in the domain is UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _order_from_row(row: Row[Any]) -> ImagingOrder:
+    m = row._mapping
+    values = {name: m[name] for name in _ORDER_FIELDS}
+    values["received_at"] = _utc(values["received_at"])
+    return ImagingOrder(requested_priority=Priority(m["requested_priority"]), **values)
+
+
+def _job_from_row(row: Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        order_id=m["order_id"],
+        state=JobState(m["state"]),
+        priority=Priority(m["priority"]),
+        attempts=m["attempts"],
+        failure_code=m["failure_code"],
+        failure_detail=m["failure_detail"],
+        retryable=m["retryable"],
+        created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+def _result_from_row(row: Row[Any]) -> TriageResult:
+    m = row._mapping
+    return TriageResult(
+        job_id=m["job_id"],
+        findings=tuple(FindingScore(f["label"], float(f["probability"]), float(f["threshold"])) for f in m["findings"]),
+        priority=Priority(m["priority"]),
+        model=ModelIdentity(m["model_name"], m["model_version"], m["model_sha256"], m["model_placeholder"]),
+        series_instance_uid=m["series_instance_uid"],
+        sop_instance_uid=m["sop_instance_uid"],
+        priority_reason=m["priority_reason"],
+        created_at=_utc(m["created_at"]),
+    )
+
+
+def _event_values(event: JobEvent) -> dict[str, Any]:
+    return {
+        "job_id": event.job_id,
+        "from_state": event.from_state.value,
+        "to_state": event.to_state.value,
+        "at": event.at,
+        "reason_code": event.reason_code,
+        "detail": event.detail,
+        "data": dict(event.data),
+    }
+
+
+class SqlOrderStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------------ orders
+
+    def add_order(self, order: ImagingOrder, job: Job, event: JobEvent) -> tuple[ImagingOrder, Job, bool]:
+        assert order.id and order.received_at, "the service assigns id and received_at"
+        order_values = {name: getattr(order, name) for name in _ORDER_FIELDS}
+        order_values["requested_priority"] = int(order.requested_priority)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(orders).values(order_values))
+                conn.execute(
+                    insert(jobs).values(
+                        id=job.id,
+                        order_id=order.id,
+                        state=job.state.value,
+                        priority=int(job.priority),
+                        attempts=0,
+                        retryable=False,
+                        created_at=event.at,
+                        updated_at=event.at,
+                    )
+                )
+                conn.execute(insert(job_events).values(_event_values(event)))
+        except IntegrityError:
+            existing = self.find_order(order.source, order.source_key)
+            if existing is None or existing.id is None:
+                raise
+            existing_job = self.job_for_order(existing.id)
+            assert existing_job is not None
+            return existing, existing_job, False
+        stored_job = self.get_job(job.id)
+        assert stored_job is not None
+        return order, stored_job, True
+
+    def get_order(self, order_id: str) -> ImagingOrder | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
+        return _order_from_row(row) if row else None
+
+    def find_order(self, source: str, source_key: str) -> ImagingOrder | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(orders).where(orders.c.source == source, orders.c.source_key == source_key)
+            ).first()
+        return _order_from_row(row) if row else None
+
+    # ------------------------------------------------------------------ jobs
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return _job_from_row(row) if row else None
+
+    def job_for_order(self, order_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.order_id == order_id)).first()
+        return _job_from_row(row) if row else None
+
+    def record_transition(
+        self, event: JobEvent, *, priority: Priority | None = None, result: TriageResult | None = None
+    ) -> Job:
+        values: dict[str, Any] = {"state": event.to_state.value, "updated_at": event.at}
+        if priority is not None:
+            values["priority"] = int(priority)
+        if event.to_state is JobState.FETCHING:
+            values["attempts"] = jobs.c.attempts + 1
+        if event.to_state is JobState.FAILED:
+            values.update(
+                failure_code=event.reason_code,
+                failure_detail=event.detail,
+                retryable=event.data.get("retryable") == "true",
+            )
+        elif event.to_state is JobState.QUEUED:
+            values.update(failure_code=None, failure_detail=None, retryable=False)
+        with self.engine.begin() as conn:
+            # Compare-and-set: the move only happens if nobody else moved the job since it was read.
+            updated = conn.execute(
+                update(jobs).where(jobs.c.id == event.job_id, jobs.c.state == event.from_state.value).values(values)
+            )
+            if updated.rowcount != 1:
+                raise TriageError(ErrorCode.CONFLICT, f"job is no longer {event.from_state.value}")
+            conn.execute(insert(job_events).values(_event_values(event)))
+            if result is not None:
+                conn.execute(results.delete().where(results.c.job_id == result.job_id))
+                conn.execute(insert(results).values(self._result_values(result)))
+        job = self.get_job(event.job_id)
+        assert job is not None
+        return job
+
+    @staticmethod
+    def _result_values(result: TriageResult) -> dict[str, Any]:
+        return {
+            "job_id": result.job_id,
+            "priority": int(result.priority),
+            "priority_reason": result.priority_reason,
+            "model_name": result.model.name,
+            "model_version": result.model.version,
+            "model_sha256": result.model.sha256,
+            "model_placeholder": result.model.placeholder,
+            "series_instance_uid": result.series_instance_uid,
+            "sop_instance_uid": result.sop_instance_uid,
+            "findings": [
+                {"label": f.label, "probability": f.probability, "threshold": f.threshold} for f in result.findings
+            ],
+            "created_at": result.created_at,
+        }
+
+    def get_result(self, job_id: str) -> TriageResult | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(results).where(results.c.job_id == job_id)).first()
+        return _result_from_row(row) if row else None
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)).all()
+        return [
+            JobEvent(
+                job_id=r.job_id,
+                from_state=JobState(r.from_state),
+                to_state=JobState(r.to_state),
+                at=_utc(r.at) or r.at,
+                reason_code=r.reason_code,
+                detail=r.detail,
+                data=dict(r.data or {}),
+            )
+            for r in rows
+        ]
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        priorities: Sequence[Priority] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Job], int]:
+        query = select(jobs)
+        if states:
+            query = query.where(jobs.c.state.in_([s.value for s in states]))
+        if priorities:
+            query = query.where(jobs.c.priority.in_([int(p) for p in priorities]))
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(
+                query.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).offset(offset).limit(limit)
+            ).all()
+        return [_job_from_row(r) for r in rows], total
+
+    def list_results(
+        self,
+        *,
+        service_request_ref: str | None = None,
+        patient_ref: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[TriageResult], int]:
+        query = select(results).join(jobs, jobs.c.id == results.c.job_id).join(orders, orders.c.id == jobs.c.order_id)
+        if service_request_ref is not None:
+            query = query.where(orders.c.service_request_ref == service_request_ref)
+        if patient_ref is not None:
+            query = query.where(orders.c.patient_ref == patient_ref)
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(
+                query.order_by(results.c.created_at.desc(), results.c.job_id).offset(offset).limit(limit)
+            ).all()
+        return [_result_from_row(r) for r in rows], total
+
+    def unfinished_job_ids(self) -> list[str]:
+        terminal = [s.value for s in JobState if s.is_terminal]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.state.not_in(terminal))
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at)
+            ).all()
+        return [r.id for r in rows]

@@ -1,0 +1,6 @@
+"""Fixtures shared by the whole suite live in tests/support; each module registers its own."""
+
+pytest_plugins = [
+    "tests.support.data",
+    "tests.support.postgres",
+]

@@ -1,0 +1,35 @@
+"""Where test data lives, and fixtures that skip (with the reason) when it is not there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("RADTRIAGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_FHIR = Path(os.environ.get("RADTRIAGE_SHARED_FHIR", REPO.parent / "shared" / "fhir"))
+NO_SHARED = "needs ../shared (the project's shared data); it is not in a fresh clone"
+
+
+def pydicom_data_dir() -> Path:
+    """The DICOM files of the PyPI package pydicom-data (MIT), always installed with the dev requirements."""
+    import data_store  # the import name of pydicom-data
+
+    return Path(data_store.__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "README.md").exists():
+        pytest.skip(NO_SHARED)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fhir_schema_path() -> Path:
+    path = SHARED_FHIR / "fhir.schema.r4.json"
+    if not path.exists():
+        pytest.skip(NO_SHARED)
+    return path
