@@ -1,0 +1,292 @@
+"""`radtriage demo`: the whole flow on the embedded default, end to end, on real images.
+
+It starts the real service (SQLite, a local folder of studies, an in-process worker, the FHIR API under
+waitress on a free loopback port), posts one FHIR ImagingStudy per study exactly as an EHR would, waits for
+each Task to finish, and prints the prioritised worklist and the FHIR resources produced.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import requests
+
+from .config import Settings
+from .factory import build_components, create_app
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
+
+
+@dataclass
+class DemoStudy:
+    """One study to order: its DICOM file in the study folder and what the order says."""
+
+    label: str
+    study_uid: str
+    priority: str = "routine"
+    present: bool = True
+
+
+def pydicom_data_dir() -> Path:
+    import data_store  # the import name of the PyPI package pydicom-data (MIT)
+
+    return Path(data_store.__file__).parent / "data"
+
+
+def _copy_dicom(src: Path, folder: Path, **changes: str) -> str:
+    """Copy a DICOM file into the study folder, optionally changing header fields; returns its Study UID."""
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(src)
+    if changes:
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+    ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return str(ds.StudyInstanceUID)
+
+
+def builtin_studies(folder: Path) -> list[DemoStudy]:
+    """Studies from pydicom-data (MIT): an adult chest CR, a non-chest radiograph, an MR, and edge cases."""
+    data = pydicom_data_dir()
+    chest = _copy_dicom(data / "RG1_J2KI.dcm", folder)
+    return [
+        DemoStudy("Adult chest CR, PA (JPEG 2000)", chest),
+        DemoStudy("Same chest, ordered STAT by the clinician", chest, priority="stat"),
+        DemoStudy("Distal tibia CR (not a chest)", _copy_dicom(data / "RG3_J2KI.dcm", folder)),
+        DemoStudy("Shoulder MR (not a radiograph)", _copy_dicom(data / "MR2_J2KI.dcm", folder)),
+        DemoStudy(
+            "Chest CR labelled lateral only",
+            _copy_dicom(data / "RG1_UNCR.dcm", folder, ViewPosition="LL", SeriesDescription="CHEST LAT"),
+        ),
+        DemoStudy("Study the PACS does not have", "1.2.826.0.1.3680043.10.543.404", present=False),
+    ]
+
+
+def _view_positions(images_dir: Path) -> dict[str, str]:
+    """View (PA/AP) per image file, from a labels CSV beside the images when there is one."""
+    views: dict[str, str] = {}
+    for csv_path in list(images_dir.glob("*.csv")) + list(images_dir.parent.glob("*.csv")):
+        with csv_path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                name, view = row.get("image"), (row.get("view") or "").strip().upper()
+                if name and view in {"PA", "AP"}:
+                    views[Path(name).name] = view
+    return views
+
+
+def folder_studies(images_dir: Path, folder: Path, limit: int) -> list[DemoStudy]:
+    """Every DICOM, PNG or JPEG under `images_dir` (up to `limit`) as its own study; images are wrapped into DICOM."""
+    from ..imaging.wrap import wrap_image_as_dicom
+
+    views = _view_positions(images_dir)
+    studies: list[DemoStudy] = []
+    for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
+        if len(studies) >= limit:
+            break
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            patient_id = f"DEMO{len(studies) + 1:04d}"
+            data = wrap_image_as_dicom(path, patient_id=patient_id, view_position=views.get(path.name))
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(data)
+            studies.append(DemoStudy(path.name, str(ds.StudyInstanceUID)))
+        elif suffix in DICOM_SUFFIXES and _is_dicom(path):
+            studies.append(DemoStudy(path.name, _copy_dicom(path, folder)))
+    return studies
+
+
+def _is_dicom(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(128)
+        return fh.read(4) == b"DICM"
+
+
+def imaging_study(n: int, study: DemoStudy) -> dict[str, Any]:
+    return {
+        "resourceType": "ImagingStudy",
+        "id": f"demo-{n}",
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study.study_uid}"}],
+        "subject": {"reference": f"Patient/demo-{n}"},
+        "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CR"}],
+        "description": study.label,
+    }
+
+
+def service_request(n: int, study: DemoStudy) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "id": f"demo-order-{n}",
+        "status": "active",
+        "intent": "order",
+        "priority": study.priority,
+        "subject": {"reference": f"Patient/demo-{n}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "36643-5", "display": "XR Chest 2 Views"}]},
+    }
+
+
+def order_bundle(n: int, study: DemoStudy) -> dict[str, Any]:
+    """A transaction Bundle with the order (ServiceRequest) and the study it is about (ImagingStudy)."""
+    request_entry = {
+        "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
+        "resource": service_request(n, study),
+        "request": {"method": "POST", "url": "ServiceRequest"},
+    }
+    study_resource = imaging_study(n, study)
+    study_resource["basedOn"] = [{"reference": request_entry["fullUrl"]}]
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            request_entry,
+            {"resource": study_resource, "request": {"method": "POST", "url": "ImagingStudy"}},
+        ],
+    }
+
+
+@contextmanager
+def running_service(settings: Settings) -> Iterator[str]:
+    """The FHIR API under waitress on a free loopback port, with the worker running; yields the base URL."""
+    from waitress.server import create_server
+
+    components = build_components(settings)
+    app = create_app(components=components)
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, name="radtriage-http", daemon=True)
+    components.start()
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}/fhir"
+    finally:
+        server.close()
+        components.close()
+
+
+FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+def submit(base: str, n: int, study: DemoStudy) -> str:
+    """POST the order; returns the Task id."""
+    response = requests.post(base, json=order_bundle(n, study), headers=FHIR_JSON, timeout=30)
+    response.raise_for_status()
+    bundle = response.json()
+    for entry in bundle.get("entry", []):
+        location = entry.get("response", {}).get("location", "")
+        if location.startswith("Task/"):
+            return location.split("/")[1]
+    raise RuntimeError("the service answered without a Task")
+
+
+def wait_for_tasks(base: str, task_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    tasks: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        for task_id in task_ids:
+            if task_id not in tasks or tasks[task_id]["status"] not in ("completed", "failed", "cancelled"):
+                tasks[task_id] = requests.get(f"{base}/Task/{task_id}", headers=FHIR_JSON, timeout=30).json()
+        if all(t["status"] in ("completed", "failed", "cancelled") for t in tasks.values()):
+            break
+        time.sleep(0.2)
+    return tasks
+
+
+def run_demo(settings: Settings, studies_source: Path | None, limit: int, out: Any, show_fhir: int | None) -> int:
+    home = Path(settings.home)
+    folder = Path(settings.study_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    studies = folder_studies(studies_source, folder, limit) if studies_source else builtin_studies(folder)
+    if not studies:
+        out.write(f"No DICOM, PNG or JPEG files found under {studies_source}\n")
+        return 1
+    started = time.monotonic()
+    with running_service(settings) as base:
+        out.write(f"radtriage demo: FHIR API at {base}, database {settings.resolved_database_url()}\n")
+        task_ids = [submit(base, n, study) for n, study in enumerate(studies, start=1)]
+        tasks = wait_for_tasks(base, task_ids, timeout=60 + 10 * len(studies))
+        reports = {
+            task_id: requests.get(f"{base}/DiagnosticReport/{task_id}", headers=FHIR_JSON, timeout=30)
+            for task_id in task_ids
+        }
+        reports_json = {k: r.json() for k, r in reports.items() if r.status_code == 200}
+        observations = {
+            task_id: [
+                requests.get(f"{base}/{ref['reference']}", headers=FHIR_JSON, timeout=30).json()
+                for ref in report.get("result", [])
+            ]
+            for task_id, report in reports_json.items()
+        }
+    elapsed = time.monotonic() - started
+    rows = [(study, task_ids[i], tasks[task_ids[i]]) for i, study in enumerate(studies)]
+    print_worklist(rows, reports_json, out)
+    output = home / "fhir-resources.ndjson"
+    with output.open("w") as fh:
+        for _, task_id, task in rows:
+            for resource in [task, reports_json.get(task_id), *observations.get(task_id, [])]:
+                if resource:
+                    fh.write(json.dumps(resource) + "\n")
+    shown = len(rows) if show_fhir is None else show_fhir
+    for _, task_id, task in rows[:shown]:
+        out.write(f"\n--- FHIR resources for Task/{task_id} ---\n")
+        out.write(json.dumps(task, indent=2) + "\n")
+        if task_id in reports_json:
+            out.write(json.dumps(reports_json[task_id], indent=2) + "\n")
+            for observation in observations[task_id]:
+                out.write(json.dumps(observation, indent=2) + "\n")
+    out.write(f"\n{len(rows)} studies in {elapsed:.1f} s. All FHIR resources: {output}\n")
+    unfinished = [t for t in tasks.values() if t["status"] not in ("completed", "failed", "cancelled")]
+    return 1 if unfinished else 0
+
+
+def _reason(task: dict[str, Any]) -> str:
+    coding = (task.get("statusReason") or {}).get("coding") or [{}]
+    return str(coding[0].get("code") or task.get("statusReason", {}).get("text") or "")
+
+
+def print_worklist(rows: list[tuple[DemoStudy, str, dict[str, Any]]], reports: dict[str, Any], out: Any) -> None:
+    placeholder = any("PLACEHOLDER" in (r.get("conclusion") or "").upper() for r in reports.values())
+    analysed = [r for r in rows if r[2]["status"] == "completed"]
+    analysed.sort(key=lambda r: (PRIORITY_RANK.get(r[2].get("priority", "routine"), 9), r[2].get("authoredOn", "")))
+    not_analysed = [r for r in rows if r[2]["status"] != "completed"]
+    out.write("\nWORKLIST (most urgent first)\n")
+    if placeholder:
+        out.write(
+            "  !! Scored by the UNTRAINED PLACEHOLDER model: priorities and findings have NO clinical meaning. !!\n"
+        )
+    out.write(f"  {'priority':<9} {'study':<48} {'positive findings (probability)'}\n")
+    for study, task_id, task in analysed:
+        report = reports.get(task_id, {})
+        out.write(f"  {task.get('priority', '?'):<9} {study.label[:48]:<48} {_positives(report)}\n")
+    if not_analysed:
+        out.write("\nNOT ANALYSED (a person must read these; the service does not guess)\n")
+        for study, _, task in not_analysed:
+            out.write(f"  {task['status']:<9} {study.label[:48]:<48} {_reason(task)}\n")
+
+
+def _positives(report: dict[str, Any]) -> str:
+    text = report.get("conclusion") or ""
+    first_line = text.splitlines()[0] if text else ""
+    return first_line[:100]
+
+
+def reset_demo_home(home: Path) -> None:
+    """The demo starts from an empty database and study folder each time, so its output is reproducible."""
+    for name in ("radtriage.sqlite3", "radtriage.sqlite3-wal", "radtriage.sqlite3-shm", "fhir-resources.ndjson"):
+        (home / name).unlink(missing_ok=True)
+    shutil.rmtree(home / "studies", ignore_errors=True)

@@ -1,0 +1,96 @@
+"""The `radtriage` command line. Each command is a thin shell over the composition root."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from .app.config import load_settings
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML settings file.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """radtriage: chest X-ray triage over FHIR, HL7 v2 and DICOMweb.
+
+    Settings come from a TOML file (--config or RADTRIAGE_CONFIG) and RADTRIAGE_* environment variables.
+    """
+    ctx.obj = {"config": config_path, "verbose": verbose}
+
+
+@main.command()
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder of DICOM, PNG or JPEG chest X-rays (PNG/JPEG are wrapped into DICOM studies).",
+)
+@click.option("--limit", default=12, show_default=True, help="At most this many images from --images.")
+@click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), help="Working folder (default: a new temp dir)."
+)
+@click.option("--show-fhir", type=int, default=None, help="Print FHIR resources for this many studies (default: all).")
+@click.pass_obj
+def demo(obj: dict[str, object], images: Path | None, limit: int, home: Path | None, show_fhir: int | None) -> None:
+    """Run the whole flow on the embedded default and print the worklist and FHIR resources.
+
+    Without --images it orders studies from the PyPI package pydicom-data: an adult chest CR (routine and STAT
+    orders), a non-chest radiograph, an MR, a lateral-only chest and a study the archive does not have.
+    """
+    from .app.demo import reset_demo_home, run_demo
+
+    if obj["verbose"]:
+        _setup_logging(True)
+    else:  # the demo's output is the worklist; keep routine log lines out of it
+        logging.basicConfig(level=logging.WARNING)
+    home = home or Path(tempfile.mkdtemp(prefix="radtriage-demo-"))
+    home.mkdir(parents=True, exist_ok=True)
+    reset_demo_home(home)
+    settings = load_settings(
+        obj["config"],  # type: ignore[arg-type]
+        home=str(home),
+        database_url=f"sqlite:///{home / 'radtriage.sqlite3'}",
+        study_source="folder",
+        study_folder=str(home / "studies"),
+    )
+    if show_fhir is None and images is not None:
+        show_fhir = 1
+    sys.exit(run_demo(settings, images, limit, sys.stdout, show_fhir))
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
+@click.option("--port", type=int, help="HTTP port (default from settings: 8080).")
+@click.pass_obj
+def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
+    """Run the FHIR REST API (waitress) and the worker until interrupted."""
+    from waitress import serve as waitress_serve
+
+    from .app.factory import build_components, create_app
+
+    _setup_logging(bool(obj["verbose"]))
+    settings = load_settings(obj["config"], host=host, port=port)  # type: ignore[arg-type]
+    components = build_components(settings)
+    app = create_app(components=components)
+    components.start()
+    logging.getLogger("radtriage").info("FHIR API on http://%s:%d/fhir", settings.host, settings.port)
+    try:
+        waitress_serve(app, host=settings.host, port=settings.port, threads=8)
+    finally:
+        components.close()
+
+
+if __name__ == "__main__":
+    main()
