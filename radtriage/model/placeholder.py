@@ -1,0 +1,95 @@
+"""The clearly labelled, UNTRAINED placeholder model.
+
+It lets the whole pipeline run (development, demos, tests, a fresh install before a real model is provisioned)
+without pretending to be a medical device: its manifest says ``placeholder: true``, every result records that
+through `ModelIdentity.placeholder`, and its outputs are random functions of the image, meaningless by design.
+
+It is a real ``xrv-densenet121`` network with torchxrayvision's default initialisation from a fixed seed, so the
+same code always writes the same weights (and the same SHA-256), and it exercises exactly the code paths a trained
+artefact uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from radtriage.app.core.errors import ErrorCode, TriageError
+
+from .architectures import XRV_DENSENET121, build_network
+from .artefact import MANIFEST_FILE, ModelManifest, read_manifest, write_artefact
+from .preprocessing import DEFAULT_SIZE, PREPROCESSING_VERSION
+
+PLACEHOLDER_NAME = "untrained-placeholder"
+PLACEHOLDER_VERSION = "1"
+PLACEHOLDER_SEED = 20240229
+
+#: torchxrayvision label names (``xrv.datasets.default_pathologies``) that matter for triage, in that list's order:
+#: acute findings a reader should see sooner, plus those worth flagging for follow-up.
+PLACEHOLDER_LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Consolidation",
+    "Pneumothorax",
+    "Edema",
+    "Effusion",
+    "Pneumonia",
+    "Cardiomegaly",
+    "Nodule",
+    "Mass",
+    "Lung Lesion",
+    "Fracture",
+    "Lung Opacity",
+    "Enlarged Cardiomediastinum",
+)
+
+
+def placeholder_manifest() -> ModelManifest:
+    """The placeholder's manifest before its weights are written (no hash yet)."""
+    return ModelManifest(
+        name=PLACEHOLDER_NAME,
+        version=PLACEHOLDER_VERSION,
+        architecture=XRV_DENSENET121,
+        labels=PLACEHOLDER_LABELS,
+        thresholds=dict.fromkeys(PLACEHOLDER_LABELS, 0.5),
+        input_size=DEFAULT_SIZE,
+        preprocessing_version=PREPROCESSING_VERSION,
+        intended_use=(
+            "NOT FOR CLINICAL USE. An UNTRAINED placeholder with random weights so that the service can run end to "
+            "end before a trained model is installed. Its outputs are meaningless and must never inform care."
+        ),
+        limitations=(
+            "Untrained: probabilities are a random function of the image, not evidence of any finding.",
+            "Priorities it raises are artefacts of random weights.",
+        ),
+        training_data=(),
+        placeholder=True,
+    )
+
+
+def _placeholder_state_dict() -> dict[str, torch.Tensor]:
+    # fork_rng keeps the fixed seed from disturbing the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(PLACEHOLDER_SEED)
+        network = build_network(placeholder_manifest())
+    return network.state_dict()
+
+
+def ensure_placeholder(models_dir: str | os.PathLike[str]) -> Path:
+    """The placeholder artefact folder under `models_dir`, created on first use.
+
+    Idempotent and safe when two processes race: the artefact is written to a hidden folder and renamed into
+    place, and the loser finds the winner's. An existing folder that is not the placeholder is refused
+    (MODEL_UNAVAILABLE) rather than overwritten.
+    """
+    dest = Path(models_dir) / PLACEHOLDER_NAME / PLACEHOLDER_VERSION
+    if not (dest / MANIFEST_FILE).exists():
+        try:
+            write_artefact(dest, placeholder_manifest(), _placeholder_state_dict())
+        except FileExistsError:
+            pass  # another process wrote it first; checked below like any existing one
+    existing = read_manifest(dest)
+    if not existing.placeholder or existing.name != PLACEHOLDER_NAME:
+        raise TriageError(ErrorCode.MODEL_UNAVAILABLE, f"{dest} holds a model that is not the placeholder")
+    return dest
