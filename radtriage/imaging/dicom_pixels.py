@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from radtriage.app.core.errors import ErrorCode, TriageError

@@ -18,14 +18,15 @@ nothing about the order has to change, and the jobs succeed once the configurati
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from http import HTTPStatus
 from io import BytesIO
 from typing import TypeVar
 
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmwrite
-from pydicom.uid import UID
 from retrying import RetryError  # dicomweb-client's retry library: raised when every attempt got a retryable status
 
 from radtriage.app.core.domain import InstanceInfo
@@ -34,15 +35,30 @@ from radtriage.app.core.errors import ErrorCode, TriageError
 from .attributes import instance_info_from_dataset
 
 #: Instance-level attributes the selection rules need (PS3.18 10.6.1.2.1 includefield).
-INSTANCE_FIELDS = ["Modality", "BodyPartExamined", "ViewPosition", "SeriesDescription", "SOPClassUID", "ImageLaterality"]
+INSTANCE_FIELDS = [
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "SeriesDescription",
+    "SOPClassUID",
+    "ImageLaterality",
+]
 #: Series-level attributes, asked for separately when the archive leaves them out of instance-level results
 #: (PS3.18 only requires an origin server to return instance-level attributes there).
 SERIES_FIELDS = ["Modality", "BodyPartExamined", "SeriesDescription"]
 
 #: HTTP statuses worth one immediate retry inside a request: the archive says "busy, try again".
-RETRYABLE_STATUSES = (408, 429, 502, 503, 504)
+RETRYABLE_STATUSES = (
+    HTTPStatus.REQUEST_TIMEOUT,
+    HTTPStatus.TOO_MANY_REQUESTS,
+    HTTPStatus.BAD_GATEWAY,
+    HTTPStatus.SERVICE_UNAVAILABLE,
+    HTTPStatus.GATEWAY_TIMEOUT,
+)
 #: Pause before the second attempt, in milliseconds. dicomweb-client waits multiplier * 2**attempt.
 RETRY_BACKOFF_MULTIPLIER_MS = 250
+
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 T = TypeVar("T")
 
@@ -85,7 +101,7 @@ class DicomwebStudySource:
             retry=attempts > 1,
             max_attempts=attempts,
             wait_exponential_multiplier=RETRY_BACKOFF_MULTIPLIER_MS,
-            retriable_error_codes=RETRYABLE_STATUSES,  # type: ignore[arg-type]  # ints are what it compares with
+            retriable_error_codes=RETRYABLE_STATUSES,
         )
 
     # ------------------------------------------------------------------ StudySource
@@ -94,14 +110,17 @@ class DicomwebStudySource:
         """QIDO-RS ``GET {root}/studies/{uid}/instances`` (PS3.18 10.6); series attributes filled in if missing."""
         _require_valid_uids(study_instance_uid)
         results = self._call(
-            lambda: self._client.search_for_instances(
-                study_instance_uid, fields=INSTANCE_FIELDS, get_remaining=True
-            ),
+            # One request, no paging (get_remaining): a server that ignores `offset` would make the client loop
+            # forever, and a study has far fewer instances than any archive's page size.
+            lambda: self._client.search_for_instances(study_instance_uid, fields=INSTANCE_FIELDS),
             what="search for the study's instances",
         )
-        datasets = [Dataset.from_json(result) for result in results]
+        datasets = _datasets_from_json(results, "search for the study's instances")
         if not datasets:
             raise TriageError(ErrorCode.STUDY_NOT_FOUND, "the image archive has no instances for the study")
+        for ds in datasets:
+            # The study UID is in the URL, so some archives leave it out of each result.
+            ds.setdefault("StudyInstanceUID", study_instance_uid)
         if any("Modality" not in ds for ds in datasets):
             self._fill_series_attributes(study_instance_uid, datasets)
         try:
@@ -132,9 +151,8 @@ class DicomwebStudySource:
         try:
             dcmwrite(buffer, ds, enforce_file_format=True)
         except Exception as exc:
-            raise TriageError(
-                ErrorCode.UNREADABLE_IMAGE, f"the retrieved instance could not be written as DICOM ({type(exc).__name__})"
-            ) from None
+            detail = f"the retrieved instance could not be written as DICOM ({type(exc).__name__})"
+            raise TriageError(ErrorCode.UNREADABLE_IMAGE, detail) from None
         return buffer.getvalue()
 
     # ------------------------------------------------------------------ helpers
@@ -142,21 +160,20 @@ class DicomwebStudySource:
     def _fill_series_attributes(self, study_instance_uid: str, datasets: list[Dataset]) -> None:
         """Copy series-level attributes onto instance results that lack them (one QIDO-RS series query)."""
         series_results = self._call(
-            lambda: self._client.search_for_series(study_instance_uid, fields=SERIES_FIELDS, get_remaining=True),
+            lambda: self._client.search_for_series(study_instance_uid, fields=SERIES_FIELDS),
             what="search for the study's series",
         )
         by_uid: dict[str, Dataset] = {}
-        for result in series_results:
-            series = Dataset.from_json(result)
+        for series in _datasets_from_json(series_results, "search for the study's series"):
             if series.get("SeriesInstanceUID"):
                 by_uid[str(series.SeriesInstanceUID)] = series
         for ds in datasets:
-            series = by_uid.get(str(ds.get("SeriesInstanceUID", "")))
-            if series is None:
+            series_ds = by_uid.get(str(ds.get("SeriesInstanceUID", "")))
+            if series_ds is None:
                 continue
             for keyword in SERIES_FIELDS:
-                if keyword not in ds and keyword in series:
-                    ds[keyword] = series[keyword]
+                if keyword not in ds and keyword in series_ds:
+                    ds[keyword] = series_ds[keyword]
 
     def _call(self, request: Callable[[], T], *, what: str) -> T:
         """Run one client call; its exceptions become `TriageError`s with no UIDs in them (URLs contain UIDs)."""
@@ -183,14 +200,26 @@ class DicomwebStudySource:
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             # The client raises these for answers it cannot parse: bad JSON, a multipart body that is not DICOM.
-            raise TriageError(
-                ErrorCode.PACS_UNAVAILABLE, f"the image archive's answer to {what} could not be read ({type(exc).__name__})"
-            ) from None
+            detail = f"the image archive's answer to {what} could not be read ({type(exc).__name__})"
+            raise TriageError(ErrorCode.PACS_UNAVAILABLE, detail) from None
+
+
+def _datasets_from_json(results: object, what: str) -> list[Dataset]:
+    """QIDO-RS results (PS3.18 F.2 DICOM JSON) as datasets; an answer of another shape is the archive's fault."""
+    try:
+        if not isinstance(results, list):
+            raise TypeError("expected a JSON array")
+        return [Dataset.from_json(result) for result in results]
+    except Exception as exc:
+        detail = f"the image archive's answer to {what} is not DICOM JSON ({type(exc).__name__})"
+        raise TriageError(ErrorCode.PACS_UNAVAILABLE, detail) from None
 
 
 def _require_valid_uids(*uids: str) -> None:
     """An order with a malformed UID names a study no archive can have (PS3.5 9.1); the client would refuse it."""
-    if not all(UID(uid).is_valid for uid in uids):
+    # A plain pattern (PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters): pydicom's UID
+    # class would also log the offending value as a warning, and an order's UID is not for the logs.
+    if not all(len(uid) <= 64 and _UID_PATTERN.fullmatch(uid) for uid in uids):
         raise TriageError(ErrorCode.STUDY_NOT_FOUND, "the study or instance UID is not a valid DICOM UID")
 
 

@@ -15,10 +15,20 @@ torchxrayvision's published weights
 from the internet when it is missing*, and reads it with ``torch.load(..., weights_only=False)`` because the file
 is a whole pickled ``DenseNet`` object, not a state dict. That path cannot be reused as it is: unpickling a whole
 object can run arbitrary code, and a missing file would start a download. `load_xrv_published_weights` instead
-reads the same file with ``weights_only=True`` and an explicit allow-list of the module classes such a file holds
-(torchxrayvision's DenseNet parts and plain ``torch.nn`` layers): those classes are rebuilt from their saved
-attributes without running their constructors or any other code. The tensors are then copied into a freshly built
-``xrv.models.DenseNet(weights=None)``, which checks every name and shape. `import_xrv_published_weights` turns
+reads the file the site provisioned, never downloads, and never lets the file name anything outside an explicit
+allow-list: torchxrayvision's DenseNet parts, plain ``torch.nn`` layers, and the handful of torch functions that
+rebuild tensors. Allowed classes are rebuilt from their saved attributes; no constructor or other code runs.
+
+* Files in PyTorch's zip format (PyTorch >= 1.6) are read with ``torch.load(..., weights_only=True)`` inside
+  ``torch.serialization.safe_globals(<the allow-list>)``.
+* Files in the legacy format (written before PyTorch 1.6, as torchxrayvision's 2020 releases may be) cannot be read
+  that way at all: for every pickled ``nn.Module`` class the legacy format records a "module" persistent id, which
+  torch's weights-only reader rejects whatever the allow-list. These are read with ``weights_only=False`` but with a
+  restricted unpickler (``find_class`` answers only from the same allow-list, the "restricting globals" technique
+  of the Python ``pickle`` documentation), so a global outside the list still stops the load before it is called.
+
+The tensors are then copied into a freshly built ``xrv.models.DenseNet(weights=None)``, which checks every name and
+shape. `import_xrv_published_weights` turns
 such a file into a radtriage artefact (state dict + manifest with torchxrayvision's labels and operating points),
 so that the service itself only ever loads artefacts.
 """
@@ -28,6 +38,11 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
+import types
+import warnings
+import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +84,7 @@ def _build_xrv_densenet121(num_outputs: int) -> nn.Module:
 
 def _xrv_densenet_cam_layer(network: nn.Module) -> nn.Module:
     # `features` ends with the final batch norm (norm5): the last feature maps before pooling and the classifier.
-    layer: nn.Module = network.features
-    return layer
+    return network.get_submodule("features")
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -96,8 +110,9 @@ def build_network(manifest: ModelManifest) -> nn.Module:
     """The untrained network the manifest describes (one logit per label, in the manifest's label order)."""
     network = architecture(manifest.architecture).build(len(manifest.labels))
     # torchxrayvision's utilities read the output names from `targets` (and `pathologies`, its older name).
-    network.targets = list(manifest.labels)
-    network.pathologies = list(manifest.labels)
+    described: Any = network
+    described.targets = list(manifest.labels)
+    described.pathologies = list(manifest.labels)
     return network
 
 
@@ -131,12 +146,18 @@ def xrv_published_weight_names() -> list[str]:
     return sorted(name for name in xrv.models.model_urls if name.startswith("densenet121-"))
 
 
-def _published_model_classes() -> list[Any]:
-    """Everything a torchxrayvision DenseNet file may name, and nothing more."""
+def _check_weights_name(weights_name: str) -> None:
+    known = xrv_published_weight_names()
+    if weights_name not in known:
+        raise ValueError(f"unsupported torchxrayvision weights {weights_name!r} (known: {', '.join(known)})")
+
+
+def _published_model_globals() -> dict[str, Any]:
+    """Everything a torchxrayvision DenseNet file may name, by the dotted name a pickle uses, and nothing more."""
     from torch.nn.backends import thnn
 
     xrv = import_xrv()
-    return [
+    allowed: list[Any] = [
         xrv.models.DenseNet,
         xrv.models._DenseBlock,
         xrv.models._DenseLayer,
@@ -152,6 +173,49 @@ def _published_model_classes() -> list[Any]:
         # Modules pickled by PyTorch < 1.4 name this function; torch keeps it (returning None) for such files.
         thnn._get_thnn_function_backend,
     ]
+    named = {f"{item.__module__}.{item.__qualname__}": item for item in allowed}
+    # What the legacy format needs besides the classes: torch's weights-only reader allows these by default.
+    for rebuild in ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
+        named[f"torch._utils.{rebuild}"] = getattr(torch._utils, rebuild)
+    named["collections.OrderedDict"] = OrderedDict
+    named["builtins.set"] = set
+    named["__builtin__.set"] = set  # pickle protocol 2 writes Python 2 module names
+    return named
+
+
+def _restricted_pickle_module(allowed: Mapping[str, Any]) -> types.ModuleType:
+    """A stand-in for the ``pickle`` module whose unpickler resolves only the globals in `allowed`."""
+
+    class RestrictedUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            dotted = f"{module}.{name}"
+            if dotted not in allowed:
+                # Worded like torch's weights-only error, so `unpickling_failure` reports the name the same way.
+                raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {dotted} is not on the allow-list")
+            return allowed[dotted]
+
+    def load(file: Any, **kwargs: Any) -> Any:
+        return RestrictedUnpickler(file, **kwargs).load()
+
+    module = types.ModuleType("radtriage_restricted_pickle")
+    module.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
+    module.load = load  # type: ignore[attr-defined]
+    return module
+
+
+def _load_published_file(data: bytes) -> Any:
+    allowed = _published_model_globals()
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with torch.serialization.safe_globals(list(allowed.values())):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    # Legacy format: see the module docstring for why weights_only=True cannot read it and what guards it instead.
+    with warnings.catch_warnings():
+        # torch compares the saved source of each module class with today's and warns when they differ; they do
+        # (torchxrayvision has changed since 2020), and it does not matter: only tensors are taken from the file.
+        warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
+        return torch.load(
+            io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module(allowed)
+        )
 
 
 def _named_tensors(module: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -177,13 +241,12 @@ def load_xrv_published_weights(
 
     `weights_name` is the torchxrayvision name of the file (e.g. ``densenet121-res224-all``); it fixes the number
     of outputs and their labels. Never downloads. The file may be a whole pickled model (as torchxrayvision
-    publishes them) or a plain state dict; either way it is read with ``weights_only=True`` (see the module
-    docstring). The result fits ``xrv.models.DenseNet(num_classes=len(model_urls[weights_name]["labels"]))``.
-    Raises MODEL_UNAVAILABLE when the file is missing, refused by the weights-only reader, or does not fit.
+    publishes them) or a plain state dict, in PyTorch's zip or legacy format; either way only allow-listed globals
+    are resolved (see the module docstring). The result fits
+    ``xrv.models.DenseNet(num_classes=len(model_urls[weights_name]["labels"]))``. Raises MODEL_UNAVAILABLE when
+    the file is missing, names a global outside the allow-list, or does not fit.
     """
-    xrv = import_xrv()
-    if weights_name not in xrv_published_weight_names():
-        raise ValueError(f"unsupported torchxrayvision weights {weights_name!r} (known: {xrv_published_weight_names()})")
+    _check_weights_name(weights_name)
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -195,11 +258,11 @@ def load_xrv_published_weights(
 def _state_dict_from_published_bytes(data: bytes, weights_name: str, *, source: str) -> dict[str, torch.Tensor]:
     xrv = import_xrv()
     try:
-        with torch.serialization.safe_globals(_published_model_classes()):
-            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        loaded = _load_published_file(data)
     except Exception as exc:
         raise TriageError(
-            ErrorCode.MODEL_UNAVAILABLE, f"{source} is not a readable torchxrayvision weights file ({unpickling_failure(exc)})"
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"{source} is not a readable torchxrayvision weights file ({unpickling_failure(exc)})",
         ) from exc
 
     if isinstance(loaded, nn.Module):
@@ -245,8 +308,7 @@ def import_xrv_published_weights(
     sigmoid(logit) >= op_thresh, the same decision torchxrayvision's ``op_norm`` expresses as an output >= 0.5.
     """
     xrv = import_xrv()
-    if weights_name not in xrv_published_weight_names():
-        raise ValueError(f"unsupported torchxrayvision weights {weights_name!r} (known: {xrv_published_weight_names()})")
+    _check_weights_name(weights_name)
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -294,7 +356,7 @@ def import_xrv_published_weights(
         if training_data
         else (
             {
-                "name": f"torchxrayvision {weights_name}: {spec.get('description', 'see torchxrayvision documentation')}",
+                "name": f"torchxrayvision {weights_name}: {spec.get('description', 'see its documentation')}",
                 "licence": "unverified: check torchxrayvision's documentation and each source data set's terms",
             },
         ),

@@ -197,7 +197,7 @@ def unpickling_failure(exc: BaseException) -> str:
     """
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if found:
-        return f"it refers to {found.group(1)}, which a weights-only file may not contain"
+        return f"it refers to {found.group(1)}, which is not allowed in a weights file"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first_line}"[:300]
 

@@ -4,13 +4,17 @@ It lets the whole pipeline run (development, demos, tests, a fresh install befor
 without pretending to be a medical device: its manifest says ``placeholder: true``, every result records that
 through `ModelIdentity.placeholder`, and its outputs are random functions of the image, meaningless by design.
 
-It is a real ``xrv-densenet121`` network with torchxrayvision's default initialisation from a fixed seed, so the
-same code always writes the same weights (and the same SHA-256), and it exercises exactly the code paths a trained
-artefact uses.
+It is a real ``xrv-densenet121`` network, so it exercises exactly the code paths a trained artefact uses: the
+feature layers keep torchxrayvision's random initialisation from a fixed seed (the same code always writes the same
+weights and the same SHA-256). Its classifier head is set to zero weights and a bias of logit(0.05), so every label
+gets probability 0.05 for every image, below the 0.5 threshold: the placeholder never reports a finding and never
+raises a priority. Why not a random head: on inputs in [-1024, 1024] a randomly initialised DenseNet gives logits in
+the hundreds, i.e. the same 0-or-1 answer for every image, and every study would have been "stat" for no reason.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from .preprocessing import DEFAULT_SIZE, PREPROCESSING_VERSION
 PLACEHOLDER_NAME = "untrained-placeholder"
 PLACEHOLDER_VERSION = "1"
 PLACEHOLDER_SEED = 20240229
+#: The probability the placeholder gives every label for every image.
+PLACEHOLDER_PROBABILITY = 0.05
 
 #: torchxrayvision label names (``xrv.datasets.default_pathologies``) that matter for triage, in that list's order:
 #: acute findings a reader should see sooner, plus those worth flagging for follow-up.
@@ -61,7 +67,7 @@ def placeholder_manifest() -> ModelManifest:
         ),
         limitations=(
             "Untrained: probabilities are a random function of the image, not evidence of any finding.",
-            "Priorities it raises are artefacts of random weights.",
+            "It gives every label the same low probability for every image: it never reports a finding.",
         ),
         training_data=(),
         placeholder=True,
@@ -73,7 +79,11 @@ def _placeholder_state_dict() -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(PLACEHOLDER_SEED)
         network = build_network(placeholder_manifest())
-    return network.state_dict()
+    state = network.state_dict()
+    constant_logit = math.log(PLACEHOLDER_PROBABILITY / (1.0 - PLACEHOLDER_PROBABILITY))
+    state["classifier.weight"] = torch.zeros_like(state["classifier.weight"])
+    state["classifier.bias"] = torch.full_like(state["classifier.bias"], constant_logit)
+    return state
 
 
 def ensure_placeholder(models_dir: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics per finding, calibration, operating points, subgroups, plots and the report."""

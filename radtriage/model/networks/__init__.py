@@ -1,0 +1,1 @@
+"""Network definitions that torchxrayvision does not provide (see `radtriage.model.architectures`)."""
