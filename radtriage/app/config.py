@@ -43,6 +43,52 @@ class Settings:
     base_url: str = ""
     home: str = field(default_factory=lambda: str(default_home()))
 
+    # --- HL7 v2 door (radtriage.hl7; docs/hl7-conformance.md) ---
+    #: MLLP listener for orders from the RIS; port 0 turns it off.
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 0
+    #: Largest message accepted (bytes); a larger one is answered AE.
+    mllp_max_message_bytes: int = 1_048_576
+    #: Seconds a connection may stay silent between messages, and may take to finish a message it started.
+    mllp_idle_timeout: float = 300.0
+    mllp_read_timeout: float = 30.0
+    mllp_max_connections: int = 64
+    #: Peer addresses or networks allowed to connect, comma-separated ("10.1.0.0/16,192.0.2.7"); empty: any.
+    mllp_allowed_peers: str = ""
+    #: TLS for the listener (PEM files); with a client CA, clients must present a certificate it signed.
+    mllp_tls_cert: str = ""
+    mllp_tls_key: str = ""
+    mllp_tls_client_ca: str = ""
+    #: Sending applications allowed, comma-separated, as MSH-3 or MSH-3^MSH-4 ("RIS,PACS^HOSP"); empty: any.
+    hl7_allowed_senders: str = ""
+    #: MSH-11 processing ids accepted, comma-separated (P production, T training, D debugging).
+    hl7_processing_ids: str = "P"
+    #: Where ORM messages carry the Study Instance UID (OMI always uses IPC-3), e.g. "ZDS-1" or "OBR-20".
+    hl7_study_uid_field: str = "ZDS-1"
+    #: This service's MSH-3 / MSH-4 in ACKs and messages to the RIS.
+    hl7_application: str = "RADTRIAGE"
+    hl7_facility: str = ""
+    #: The RIS that receives priority updates over MLLP; port 0 sends none.
+    ris_host: str = ""
+    ris_port: int = 0
+    ris_application: str = ""
+    ris_facility: str = ""
+    #: Seconds to wait for the RIS's ACK.
+    ris_timeout: float = 30.0
+    #: TLS to the RIS: the CA that signed its certificate, and this service's client certificate and key.
+    ris_tls_ca: str = ""
+    ris_tls_cert: str = ""
+    ris_tls_key: str = ""
+    #: "orm" (ORM^O01, ORC-1 = XO) or "omi" (OMI^O23) for priority updates.
+    hl7_outbound_style: str = "orm"
+    #: Also send an ORU^R01 with the findings.
+    hl7_send_oru: bool = False
+    #: Retry delays for the outbox when the RIS is down or answers AR: base, doubling, up to the maximum.
+    hl7_retry_base: float = 5.0
+    hl7_retry_max: float = 300.0
+    #: Site overrides of the priority mapping table (TOML; see radtriage/hl7/priority_map.py); empty: default.
+    priority_map: str = ""
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -110,9 +110,7 @@ MESSAGE_SENT = _kind("message-sent", "Message sent to another system", codes.DCM
 AUDIT_READ = _kind("audit-read", "Audit trail read or searched", codes.DCM_AUDIT_LOG_USED, A.READ, "inbound")
 AUDIT_EXPORTED = _kind("audit-exported", "Audit trail exported", codes.DCM_AUDIT_LOG_USED, A.READ, "inbound")
 AUDIT_VERIFIED = _kind("audit-verified", "Audit trail verified", codes.DCM_AUDIT_LOG_USED, A.EXECUTE, "inbound")
-LOGIN = _kind(
-    "login", "Access token issued", codes.DCM_USER_AUTHENTICATION, A.EXECUTE, "inbound", codes.DCM_LOGIN
-)
+LOGIN = _kind("login", "Access token issued", codes.DCM_USER_AUTHENTICATION, A.EXECUTE, "inbound", codes.DCM_LOGIN)
 AUTHENTICATION_FAILED = _kind(
     "authentication-failed", "Authentication failed", codes.DCM_USER_AUTHENTICATION, A.EXECUTE, "inbound",
     codes.DCM_LOGIN,
@@ -359,13 +357,20 @@ def _entity_role(ref: str) -> Code:
 def _agents(record: AuditRecord, source: AuditSource) -> list[dict[str, Any]]:
     direction = record.kind.direction
     purpose = (
-        [_codeable(Code(codes.PURPOSE_OF_USE_SYSTEM, record.purpose_of_use, codes.PURPOSES_OF_USE[record.purpose_of_use]))]
+        [
+            _codeable(
+                Code(codes.PURPOSE_OF_USE_SYSTEM, record.purpose_of_use, codes.PURPOSES_OF_USE[record.purpose_of_use])
+            )
+        ]
         if record.purpose_of_use
         else None
     )
     role = [_codeable(Code(codes.ROLE_SYSTEM, record.role, record.role))] if record.role else None
     server: dict[str, Any] = {
-        "who": {"identifier": {"system": codes.SERVICE_ID_SYSTEM, "value": source.observer}, "display": source.observer},
+        "who": {
+            "identifier": {"system": codes.SERVICE_ID_SYSTEM, "value": source.observer},
+            "display": source.observer,
+        },
         "requestor": direction != "inbound",
     }
     if source.address:
@@ -378,7 +383,10 @@ def _agents(record: AuditRecord, source: AuditSource) -> list[dict[str, Any]]:
         agents.append(server)
     else:
         peer: dict[str, Any] = {
-            "who": {"identifier": {"system": codes.CLIENT_ID_SYSTEM, "value": record.client_id}, "display": record.client_id}
+            "who": {
+                "identifier": {"system": codes.CLIENT_ID_SYSTEM, "value": record.client_id},
+                "display": record.client_id,
+            }
             if record.client_id
             else {"display": record.peer_address or "unknown peer"},
             # With an OAuth token, BALP makes the token's agent the requestor; without one, the peer is.

@@ -49,6 +49,9 @@ SERVICE_ID_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/NamingSystem/service"
 MODEL_SHA256_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/NamingSystem/model-sha256"
 #: Extension carried by exported AuditEvents: their place in the hash chain (see `export.py`).
 AUDIT_CHAIN_EXTENSION: Final = f"{RADTRIAGE_FHIR_BASE}/StructureDefinition/audit-chain"
+#: Why a request was refused by access control (OperationOutcome.issue.details): the OAuth 2.0 error codes of
+#: RFC 6749 5.2 and RFC 6750 3.1, plus ``missing_token``.
+AUTH_ERROR_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/auth-error"
 #: Code for "untrained placeholder model" (the FHIR door's triage code system).
 TRIAGE_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/triage"
 
@@ -125,8 +128,8 @@ PURPOSES_OF_USE: Final[dict[str, str]] = {
 
 #: HL7 v3 ObservationValue "AIAST": "Artificial Intelligence asserted" (security label, meta.security),
 #: recommended by HL7 AI Transparency on FHIR (ValueSet ProvenanceVS) to mark AI-generated resources.
-AIAST: Final = Code("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST", "Artificial Intelligence asserted")
-PROVENANCE_AUTHOR: Final = Code(
-    "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author", "Author"
+AIAST: Final = Code(
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST", "Artificial Intelligence asserted"
 )
+PROVENANCE_AUTHOR: Final = Code("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author", "Author")
 DATA_OPERATION_CREATE: Final = Code("http://terminology.hl7.org/CodeSystem/v3-DataOperation", "CREATE", "create")

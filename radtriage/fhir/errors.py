@@ -73,7 +73,7 @@ def operation_outcome(error: TriageError) -> tuple[JsonObject, int]:
     status, issue_code = ERROR_HTTP.get(error.code, (500, "exception"))
     detail = ErrorCode.INTERNAL.display if error.code is ErrorCode.INTERNAL else error.detail
     issue: JsonObject = {
-        "severity": "fatal" if status >= 500 and not error.retryable else "error",
+        "severity": "fatal" if status == 500 else "error",
         "code": issue_code,
         "details": {
             "coding": [{"system": TRIAGE_ERROR_SYSTEM, "code": error.code.value, "display": error.code.display}]

@@ -129,7 +129,7 @@ def build_ack(
             facility or None,
             answering.sending_application or None,
             answering.sending_facility or None,
-            now.strftime("%Y%m%d%H%M%S"),
+            er7.timestamp(now),
             None,
             msg_type,
             control_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 #: Segment separators seen in the wild. HL7 says CR only; many systems write LF or CRLF.
@@ -220,8 +221,8 @@ class Message:
 
 
 def split_segments(text: str) -> list[str]:
-    """Segments, whatever line breaks separate them; blank lines and trailing control characters dropped."""
-    lines = (line.rstrip("\x00\x1a\x1c\x0b \t") for line in _LINE_BREAK.split(text))
+    """Segments, whatever line breaks separate them; blank lines and stray control characters at line ends dropped."""
+    lines = (line.rstrip("\x00\x1a\x1c\x0b") for line in _LINE_BREAK.split(text))
     return [line for line in lines if line.strip()]
 
 
@@ -293,3 +294,10 @@ def encode_segment(name: str, fields: Sequence[FieldValue], d: Delimiters = STAN
 def encode_message(segments: Sequence[str]) -> str:
     """Segments joined with CR, the only separator HL7 allows on the wire (section 2.5.3)."""
     return "\r".join(segments)
+
+
+def timestamp(moment: datetime) -> str:
+    """HL7 DTM/TS to the second, in UTC with an explicit offset (``YYYYMMDDHHMMSS+0000``)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")

@@ -372,8 +372,8 @@ class MLLPServer:
                     log.info("MLLP connection from %s idle for %.1f s; closing", peer, self.idle_timeout)
                 return
             if not data:
-                for event in decoder.end_of_stream():
-                    log.warning("MLLP from %s: %s (%d bytes) discarded", peer, event.reason, event.size)
+                for leftover in decoder.end_of_stream():
+                    log.warning("MLLP from %s: %s (%d bytes) discarded", peer, leftover.reason, leftover.size)
                 log.info("MLLP connection from %s closed by the peer", peer)
                 return
             for event in decoder.feed(data):

@@ -101,6 +101,9 @@ def read_dataset(data: bytes) -> Dataset:
         # right code, instead of later in some unrelated step.
         for _element in ds:
             pass
+        if len(ds) == 0:
+            # pydicom returns an empty data set (with only a warning) for a file cut short inside its first element.
+            raise _unreadable("the DICOM file holds no data elements (truncated?)")
     except TriageError:
         raise
     except Exception as exc:  # pydicom raises many types for corrupt input; the type name is enough to debug

@@ -2,12 +2,12 @@
 
 A manifest's ``architecture`` names an entry of `ARCHITECTURES`. Each entry knows how to build the untrained
 network for a number of outputs (the network returns one *logit* per label: sigmoid is applied by the scorer, so
-training can use ``BCEWithLogitsLoss``) and which layer Grad-CAM explains.
+training can use ``BCEWithLogitsLoss``) and how to run it so that Grad-CAM can see its last feature maps.
 
 Adding an architecture (e.g. "efficientnet-lite0", planned): write a builder ``(num_outputs) -> nn.Module`` that
-takes a (N, 1, H, W) input in [-1024, 1024] and returns (N, num_outputs) logits, name its last convolutional block
-for Grad-CAM, and register it in `ARCHITECTURES`. Until then `build_network` answers MODEL_UNAVAILABLE with a
-message that says it is planned, rather than a KeyError.
+takes a (N, 1, H, W) input in [-1024, 1024] and returns (N, num_outputs) logits, a ``cam_forward`` that returns the
+last feature maps and the logits computed from them, and register both in `ARCHITECTURES`. Until then
+`build_network` answers MODEL_UNAVAILABLE with a message that says it is planned, rather than a KeyError.
 
 torchxrayvision's published weights
 -----------------------------------
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radtriage.app.core.errors import ErrorCode, TriageError
@@ -68,8 +69,9 @@ class Architecture:
     name: str
     #: Builds the untrained network: input (N, 1, H, W) in [-1024, 1024], output (N, num_outputs) logits.
     build: Callable[[int], nn.Module]
-    #: The module whose output (the last convolutional feature maps) Grad-CAM weights.
-    cam_layer: Callable[[nn.Module], nn.Module]
+    #: The forward pass split for Grad-CAM: ``(last feature maps (N, C, h, w), logits (N, num_outputs))``, where
+    #: the logits are computed from those very maps (they must equal ``network(x)``; a test checks it).
+    cam_forward: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _build_xrv_densenet121(num_outputs: int) -> nn.Module:
@@ -82,13 +84,19 @@ def _build_xrv_densenet121(num_outputs: int) -> nn.Module:
     return network
 
 
-def _xrv_densenet_cam_layer(network: nn.Module) -> nn.Module:
-    # `features` ends with the final batch norm (norm5): the last feature maps before pooling and the classifier.
-    return network.get_submodule("features")
+def _xrv_densenet_cam_forward(network: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # What xrv.models.DenseNet.forward does (features2 then classifier), written out so that the feature maps are
+    # a tensor of their own: torchxrayvision applies its final ReLU in place, which would hide them from autograd.
+    # The maps are taken after that ReLU, as the classifier sees them; with global average pooling, Grad-CAM on
+    # them is the class activation map of Zhou et al. (2016).
+    feature_maps = F.relu(network.get_submodule("features")(x))
+    pooled = F.adaptive_avg_pool2d(feature_maps, (1, 1)).flatten(1)
+    logits = network.get_submodule("classifier")(pooled)
+    return feature_maps, logits
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    XRV_DENSENET121: Architecture(XRV_DENSENET121, _build_xrv_densenet121, _xrv_densenet_cam_layer),
+    XRV_DENSENET121: Architecture(XRV_DENSENET121, _build_xrv_densenet121, _xrv_densenet_cam_forward),
 }
 
 #: Named in the design but not implemented in this version; asking for one gives a clear refusal.

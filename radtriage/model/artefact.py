@@ -86,7 +86,11 @@ class ModelManifest:
             if isinstance(value, str) or not isinstance(value, Sequence):
                 raise ValueError(f"{name} must be a list")
             object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.thresholds, Mapping):
+            raise ValueError("thresholds must map each label to a number")
         object.__setattr__(self, "thresholds", dict(self.thresholds))
+        if not all(isinstance(entry, Mapping) for entry in self.training_data):
+            raise ValueError("each training_data entry must be an object with 'name' and 'licence'")
         object.__setattr__(self, "training_data", tuple(dict(entry) for entry in self.training_data))
         self._validate()
 

@@ -61,7 +61,7 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radtriage.app.core.domain import FindingScore, Priority
 
@@ -247,3 +247,10 @@ def load_policy(path: str | os.PathLike[str] | None) -> ThresholdPolicy:
     except OSError as exc:
         raise PolicyError(f"policy file {file} cannot be read ({exc.strerror})") from None
     return policy_from_mapping(data, source=str(file))
+
+
+if TYPE_CHECKING:  # mypy checks that ThresholdPolicy fits the core's port
+    from radtriage.app.core.ports import TriagePolicy
+
+    def _fits_the_port(policy: ThresholdPolicy) -> TriagePolicy:
+        return policy

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,7 @@ from torch import nn
 
 from radtriage.app.core.domain import FindingScore, ModelIdentity
 from radtriage.app.core.errors import ErrorCode, TriageError
-from radtriage.app.core.ports import PreparedImage
+from radtriage.app.core.ports import ImageScorer, PreparedImage
 from radtriage.imaging.dicom_pixels import check_analysable, pixels_for_display, read_dataset
 
 from .architectures import architecture, load_network
@@ -62,7 +63,7 @@ class XrvScorer:
         self._network = network.eval()
         self._batch_size = max(1, batch_size)
         self._thresholds = [float(manifest.thresholds[label]) for label in manifest.labels]
-        self._cam_layer = architecture(manifest.architecture).cam_layer(network)
+        self._cam_forward = architecture(manifest.architecture).cam_forward
 
     @classmethod
     def from_artefact(
@@ -141,31 +142,22 @@ class XrvScorer:
     def heatmap(self, image: PreparedImage, label: str) -> npt.NDArray[np.float32]:
         """Grad-CAM (Selvaraju et al., 2017) for `label`: where the last feature maps pushed that label's logit up.
 
-        The feature maps of the architecture's last convolutional block are weighted by the spatial mean of the
-        logit's gradient with respect to them, summed over channels, passed through ReLU, upsampled bilinearly to
-        the model input size and scaled to [0, 1]. An all-zero map means nothing in the image raised the logit.
-        Same geometry as the prepared image (after centre crop and resize), shape (size, size), float32.
+        The last feature maps of the network (for xrv-densenet121: after its final batch norm and ReLU, as the
+        classifier sees them) are weighted by the spatial mean of the logit's gradient with respect to them, summed
+        over channels, passed through ReLU, upsampled bilinearly to the model input size and scaled to [0, 1]. An
+        all-zero map means nothing in the image raised the logit. Same geometry as the prepared image (after centre
+        crop and resize): shape (size, size), float32.
         """
         try:
             index = self.manifest.labels.index(label)
         except ValueError:
             raise ValueError(f"{label!r} is not one of this model's labels") from None
         prepared = self._checked(image)
-        captured: list[torch.Tensor] = []
-
-        def keep_output(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            captured.append(output)
-
-        handle = self._cam_layer.register_forward_hook(keep_output)
-        try:
-            with torch.enable_grad():
-                # The parameters are frozen; asking for the input's gradient is what builds the graph.
-                batch = torch.from_numpy(prepared.pixels[np.newaxis]).requires_grad_(True)
-                logit = self._network(batch)[0, index]
-                (feature_maps,) = captured
-                (gradients,) = torch.autograd.grad(logit, feature_maps)
-        finally:
-            handle.remove()
+        with torch.enable_grad():
+            # The parameters are frozen; asking for the input's gradient is what builds the graph.
+            batch = torch.from_numpy(prepared.pixels[np.newaxis]).requires_grad_(True)
+            feature_maps, logits = self._cam_forward(self._network, batch)
+            (gradients,) = torch.autograd.grad(logits[0, index], feature_maps)
         with torch.no_grad():
             channel_weights = gradients.mean(dim=(2, 3), keepdim=True)
             cam = F.relu((channel_weights * feature_maps).sum(dim=1, keepdim=True))
@@ -196,3 +188,9 @@ class XrvScorer:
             FindingScore(label=label, probability=float(probability), threshold=threshold)
             for label, probability, threshold in zip(self.manifest.labels, probabilities, self._thresholds, strict=True)
         ]
+
+
+if TYPE_CHECKING:  # mypy checks that XrvScorer fits the core's port
+
+    def _fits_the_port(scorer: XrvScorer) -> ImageScorer:
+        return scorer

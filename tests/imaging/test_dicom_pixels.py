@@ -309,3 +309,15 @@ def test_an_image_file_that_is_not_an_image_is_unreadable(tmp_path: Path) -> Non
     path = tmp_path / "notes.png"
     path.write_text("not an image")
     assert code_of(load_image_file, path) is ErrorCode.UNREADABLE_IMAGE
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_a_truncated_file_is_unreadable_not_misclassified(keep: float) -> None:
+    from tests.support.data import pydicom_data_dir
+
+    data = (pydicom_data_dir() / "RG1_J2KI.dcm").read_bytes()
+    with pytest.raises(TriageError) as err:
+        ds = read_dataset(data[: int(len(data) * keep)])
+        check_analysable(ds)
+        pixels_for_display(ds)
+    assert err.value.code is ErrorCode.UNREADABLE_IMAGE

@@ -194,6 +194,8 @@ def test_a_missing_weights_file_is_refused(artefact: tuple[Path, ModelManifest])
         ({"thresholds": {"Effusion": float("nan"), "Pneumothorax": 0.1}}, r"\[0, 1\]"),
         ({"input_size": 0}, "input_size"),
         ({"name": " "}, "name"),
+        ({"thresholds": [0.5, 0.5]}, "thresholds must map"),
+        ({"training_data": ["ImageNet"]}, "training_data entry"),
     ],
 )
 def test_the_constructor_validates(changes: dict[str, Any], message: str) -> None:

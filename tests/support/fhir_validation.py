@@ -17,7 +17,7 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from jsonschema import Draft6Validator
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT6
 
 SCHEMA_URI = "http://hl7.org/fhir/json-schema/4.0"
@@ -26,7 +26,8 @@ SCHEMA_URI = "http://hl7.org/fhir/json-schema/4.0"
 @functools.cache
 def _registry(schema_path: Path) -> Registry[Any]:
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
-    return Registry().with_resource(SCHEMA_URI, Resource(contents=schema, specification=DRAFT6))
+    registry: Registry[Any] = Registry().with_resource(SCHEMA_URI, DRAFT6.create_resource(schema))
+    return registry
 
 
 @functools.cache

@@ -161,18 +161,25 @@ class EfficientNetLite0(nn.Module):
                     drop_connect=DROP_CONNECT * len(blocks) / total,
                 ))
         self.blocks = nn.Sequential(*blocks)
-        #: The last feature maps (N, 1280, H/32, W/32): the layer Grad-CAM explains.
+        #: Its output is the last feature maps, the ones Grad-CAM explains (`cam_forward`).
         self.head = ConvBnAct(LITE0_STAGES[-1].out_channels, HEAD_CHANNELS, 1)
         self.dropout = nn.Dropout(DROPOUT)
         self.classifier = nn.Linear(HEAD_CHANNELS, num_outputs)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.head(self.blocks(self.stem(x / XRV_RANGE)))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature maps, (N, 1280, ceil(H/32), ceil(W/32)), after the head's ReLU6."""
+        features: torch.Tensor = self.head(self.blocks(self.stem(x / XRV_RANGE)))
+        return features
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         pooled = torch.flatten(F.adaptive_avg_pool2d(features, 1), 1)
         logits: torch.Tensor = self.classifier(self.dropout(pooled))
         return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.features(x))
 
 
 def build_efficientnet_lite0(num_outputs: int) -> EfficientNetLite0:
@@ -251,16 +258,22 @@ def pretrained_efficientnet_lite0(num_outputs: int, path: str | os.PathLike[str]
     return network
 
 
-def cam_layer(network: nn.Module) -> nn.Module:
-    """The module whose output Grad-CAM weights: the 1280-channel head after ReLU6."""
-    layer: nn.Module = network.head
-    return layer
+def cam_forward(network: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM's view of the forward pass: (the last feature maps, the logits computed from exactly those maps).
+
+    The maps are the 1280-channel head after ReLU6, which global average pooling feeds to the classifier, so
+    Grad-CAM on them is the class activation map of Zhou et al. (2016).
+    """
+    if not isinstance(network, EfficientNetLite0):
+        raise TypeError(f"expected an EfficientNetLite0, got {type(network).__name__}")
+    features = network.features(x)
+    return features, network.logits_from_features(features)
 
 
 __all__ = [
     "EfficientNetLite0",
     "build_efficientnet_lite0",
-    "cam_layer",
+    "cam_forward",
     "imagenet_state_dict",
     "pretrained_efficientnet_lite0",
     "pretrained_weights_path",

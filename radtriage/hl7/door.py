@@ -1,0 +1,143 @@
+"""The HL7 v2 door, assembled from settings: MLLP listener → `OrderReceiver` → core; core → outbox → RIS."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..app.config import Settings
+from .handlers import OrderReceiver, ReceiverSettings
+from .mapping import ReaderOptions
+from .mllp import MLLPClient, MLLPServer, PeerAllowList, client_ssl_context, server_ssl_context
+from .outbound import Endpoints, OutboundOptions, OutboundStyle
+from .outbox import HL7ResultPublisher, OutboxSender, OutboxStore, PublishOptions
+from .priority_map import load_priority_map
+from .store import HL7Store
+
+if TYPE_CHECKING:
+    from ..app.factory import Components
+
+log = logging.getLogger(__name__)
+
+
+def _hd(text: str) -> tuple[str, ...]:
+    """``APP`` or ``APP^1.2.3^ISO`` (an HD as written in MSH-3) → components."""
+    return tuple(text.split("^")) if text else ()
+
+
+def _csv(text: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclass
+class HL7Door:
+    receiver: OrderReceiver
+    outbox: OutboxStore
+    listener: MLLPServer | None = None
+    publisher: HL7ResultPublisher | None = None
+    sender: OutboxSender | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The port the listener is bound to (after `start()`), or None when it is off."""
+        return self.listener.port if self.listener else None
+
+    def start(self) -> None:
+        self.receiver.accepting = True
+        if self.sender is not None:
+            self.sender.start()
+        if self.listener is not None:
+            self.listener.start()
+
+    def stop(self) -> None:
+        """Answer AR to whatever still arrives, close the listener, stop sending (pending messages stay)."""
+        self.receiver.accepting = False
+        if self.listener is not None:
+            self.listener.stop()
+        if self.sender is not None:
+            self.sender.stop()
+
+
+def build_hl7_door(
+    components: Components, settings: Settings | None = None, *, listen_port: int | None = None
+) -> HL7Door:
+    """The HL7 door on top of the service's components.
+
+    The listener is created when ``settings.mllp_port`` is set, or when `listen_port` is given (0 binds any
+    free port: tests). The outbox publisher is registered with the service and the sender created when a RIS
+    is configured (``ris_host`` and ``ris_port``). Nothing starts until `HL7Door.start()`.
+    """
+    settings = settings or components.settings
+    service = components.service
+    priority_map = load_priority_map(settings.priority_map or None)
+    store = HL7Store(components.engine)
+    outbox = OutboxStore(components.engine)
+    application = _hd(settings.hl7_application) or ("RADTRIAGE",)
+    facility = _hd(settings.hl7_facility)
+    receiver = OrderReceiver(
+        service,
+        store,
+        ReceiverSettings(
+            application=application,
+            facility=facility,
+            allowed_senders=_csv(settings.hl7_allowed_senders),
+            processing_ids=frozenset(p.upper() for p in _csv(settings.hl7_processing_ids)),
+            reader=ReaderOptions(study_uid_field=settings.hl7_study_uid_field, priority_map=priority_map),
+        ),
+    )
+    door = HL7Door(receiver=receiver, outbox=outbox)
+
+    port = settings.mllp_port if listen_port is None else listen_port
+    if listen_port is not None or settings.mllp_port > 0:
+        tls = (
+            server_ssl_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)
+            if settings.mllp_tls_cert
+            else None
+        )
+        door.listener = MLLPServer(
+            receiver,
+            settings.mllp_host,
+            port,
+            max_message_bytes=settings.mllp_max_message_bytes,
+            idle_timeout=settings.mllp_idle_timeout,
+            read_timeout=settings.mllp_read_timeout,
+            ssl_context=tls,
+            allowed_peers=PeerAllowList.parse(settings.mllp_allowed_peers),
+            max_connections=settings.mllp_max_connections,
+        )
+
+    if settings.ris_host and settings.ris_port > 0:
+        client_tls = (
+            client_ssl_context(settings.ris_tls_ca, settings.ris_tls_cert, settings.ris_tls_key)
+            if settings.ris_tls_ca or settings.ris_tls_cert
+            else None
+        )
+        client = MLLPClient(settings.ris_host, settings.ris_port, timeout=settings.ris_timeout, ssl_context=client_tls)
+        door.sender = OutboxSender(
+            outbox,
+            client,
+            clock=service.clock,
+            retry_base=settings.hl7_retry_base,
+            retry_max=settings.hl7_retry_max,
+        )
+        door.publisher = HL7ResultPublisher(
+            outbox,
+            store,
+            PublishOptions(
+                outbound=OutboundOptions(
+                    style=OutboundStyle(settings.hl7_outbound_style.lower()),
+                    endpoints=Endpoints(
+                        application, facility, _hd(settings.ris_application), _hd(settings.ris_facility)
+                    ),
+                    priority_map=priority_map,
+                ),
+                send_results=settings.hl7_send_oru,
+            ),
+            clock=service.clock,
+            on_stored=door.sender.wake,
+        )
+        # The pipeline's publishing stage calls every registered publisher (the core's ResultPublisher port).
+        if not any(isinstance(p, HL7ResultPublisher) for p in service.publishers):
+            service.publishers.append(door.publisher)
+    return door

@@ -1,0 +1,125 @@
+"""Score image files outside the service: the CLI's ``radtriage score PATH... [--format csv|jsonl]``.
+
+One output row per image file, in path order: ``file``, each finding's probability (in the model's label order),
+``abnormality`` (the highest finding probability, as the evaluation defines it), ``priority`` (what the site's
+triage policy assigns to a routine order), ``model_version`` and ``not_analysed`` (the error code and reason when
+the file could not be scored: unreadable, not a radiograph, not a chest, lateral only; empty otherwise).
+
+DICOM files go through the scorer's own `prepare` (header checks included); PNG and JPEG files carry no header,
+so only their pixels are checked. Images are scored in batches to use the CPU well.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from radtriage.app.core.domain import FindingScore, Priority
+from radtriage.app.core.errors import TriageError
+
+from .report import ABNORMALITY
+
+#: The model shipped in the package: trained by radtriage's own pipeline on ../shared/data (see its MODEL_CARD.md).
+DEFAULT_MODEL_DIR: Final = Path(__file__).resolve().parents[1] / "default"
+IMAGE_SUFFIXES: Final = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg"})
+FORMATS: Final = ("csv", "jsonl")
+
+
+def _is_dicom_without_suffix(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Files named directly, and image files (by suffix, or a DICOM preamble) found recursively in folders."""
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for found in sorted(p for p in path.rglob("*") if p.is_file()):
+                if found.suffix.lower() in IMAGE_SUFFIXES or (not found.suffix and _is_dicom_without_suffix(found)):
+                    yield found
+        else:
+            yield path  # a missing or unreadable file becomes a not-analysed row, not a crash
+
+
+def score_files(paths: Sequence[str | os.PathLike[str]], output: TextIO, *, model_dir: str | os.PathLike[str] | None = None,
+                output_format: str = "csv", policy_path: str | os.PathLike[str] | None = None,
+                batch_size: int = 16, max_threads: int | None = None) -> int:
+    """Write one row per image to `output`; returns the number of rows. See the module docstring."""
+    from ..policy import load_policy
+    from ..scorer import XrvScorer
+
+    if output_format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    scorer = XrvScorer.from_artefact(model_dir or DEFAULT_MODEL_DIR, max_threads=max_threads, batch_size=batch_size)
+    policy = load_policy(policy_path)
+    labels = list(scorer.labels)
+    version = f"{scorer.identity.name} {scorer.identity.version}"
+    columns = ["file", *labels, ABNORMALITY, "priority", "model_version", "not_analysed"]
+    writer = csv.DictWriter(output, fieldnames=columns) if output_format == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+
+    def emit(row: dict[str, Any]) -> None:
+        if writer is not None:
+            writer.writerow(row)
+        else:
+            output.write(json.dumps(row) + "\n")
+
+    def row_for(path: Path, findings: list[FindingScore] | None, failure: str = "") -> dict[str, Any]:
+        row: dict[str, Any] = {"file": str(path), "model_version": version, "not_analysed": failure}
+        if findings is None:
+            row.update({label: None if writer is None else "" for label in labels})
+            row.update({ABNORMALITY: None if writer is None else "", "priority": None if writer is None else ""})
+            return row
+        row.update({f.label: round(f.probability, 6) for f in findings})
+        row[ABNORMALITY] = round(max(f.probability for f in findings), 6)
+        row["priority"] = policy.decide(findings, Priority.ROUTINE)[0].code
+        return row
+
+    count = 0
+    pending: list[tuple[Path, Any]] = []
+
+    def flush() -> None:
+        nonlocal count
+        if not pending:
+            return
+        for (path, _), findings in zip(pending, scorer.score_batch([image for _, image in pending]), strict=True):
+            emit(row_for(path, findings))
+            count += 1
+        pending.clear()
+
+    for path in image_files(paths):
+        try:
+            pending.append((path, _prepare(scorer, path)))
+        except TriageError as exc:
+            flush()  # keep rows in path order
+            emit(row_for(path, None, f"{exc.code.value}: {exc.detail}"))
+            count += 1
+            continue
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return count
+
+
+def _prepare(scorer: Any, path: Path) -> Any:
+    from radtriage.app.core.errors import ErrorCode
+    from radtriage.imaging.dicom_pixels import load_image_file
+
+    try:
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            return scorer.prepare_array(load_image_file(path))
+        return scorer.prepare(path.read_bytes())
+    except OSError as exc:
+        raise TriageError(ErrorCode.UNREADABLE_IMAGE, f"the file could not be read ({type(exc).__name__})") from None
+
+
+__all__ = ["DEFAULT_MODEL_DIR", "FORMATS", "image_files", "score_files"]

@@ -1,0 +1,43 @@
+"""Route shapes → CapabilityStatement interactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radtriage.fhir.capability import Route, SearchParam, capability_statement
+from tests.support.fhir_validation import assert_valid_fhir
+
+STATUS = SearchParam("status", "token", "http://hl7.org/fhir/SearchParameter/Task-status", "task status")
+
+
+def test_routes_become_interactions(fhir_schema_path: Path) -> None:
+    routes = [
+        Route("/", frozenset({"POST"}), "Transactions."),
+        Route("/metadata", frozenset({"GET", "HEAD", "OPTIONS"})),
+        Route("/Task", frozenset({"GET", "HEAD", "OPTIONS"}), "Search."),
+        Route("/Task/<task_id>", frozenset({"GET", "HEAD"})),
+        Route("/ImagingStudy", frozenset({"POST"})),
+    ]
+    statement = capability_statement(routes, search_params={"Task": [STATUS]}, base_url="http://h/fhir")
+    [rest] = statement["rest"]
+    assert rest["interaction"] == [{"code": "transaction", "documentation": "Transactions."}]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert set(by_type) == {"ImagingStudy", "Task"}
+    assert [i["code"] for i in by_type["ImagingStudy"]["interaction"]] == ["create"]
+    assert sorted(i["code"] for i in by_type["Task"]["interaction"]) == ["read", "search-type"]
+    assert by_type["Task"]["searchParam"][0]["name"] == "status"
+    assert "searchParam" not in by_type["ImagingStudy"]
+    assert statement["fhirVersion"] == "4.0.1"
+    assert statement["implementation"]["url"] == "http://h/fhir"
+    assert_valid_fhir(statement, fhir_schema_path)
+
+
+@pytest.mark.parametrize(
+    "route",
+    [Route("/Task/<task_id>/_history", frozenset({"GET"})), Route("/Task/<task_id>", frozenset({"DELETE"}))],
+)
+def test_a_route_the_statement_cannot_describe_is_an_error(route: Route) -> None:
+    with pytest.raises(ValueError, match="cannot describe"):
+        capability_statement([route], search_params={}, base_url="http://h/fhir")
