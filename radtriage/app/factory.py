@@ -121,5 +121,6 @@ def create_app(settings: Settings | None = None, components: Components | None =
     components = components or build_components(settings)
     app = Flask("radtriage")
     app.extensions["radtriage"] = components
-    app.register_blueprint(fhir_blueprint(components.service), url_prefix="/fhir")
+    base_url = f"{components.settings.base_url.rstrip('/')}/fhir" if components.settings.base_url else None
+    app.register_blueprint(fhir_blueprint(components.service, base_url=base_url), url_prefix="/fhir")
     return app

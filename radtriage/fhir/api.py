@@ -42,7 +42,7 @@ from werkzeug.exceptions import HTTPException
 from ..app.core.domain import ImagingOrder, Job, JobState, Priority, TriageResult
 from ..app.core.errors import ErrorCode, TriageError
 from ..app.core.service import TriageService
-from . import mapping
+from . import mapping, terminology
 from .capability import Route, SearchParam, capability_statement
 from .errors import RETRY_AFTER_SECONDS, http_outcome, operation_outcome
 
@@ -82,33 +82,6 @@ SEARCH_PARAMS: Final[dict[str, tuple[SearchParam, ...]]] = {
         SearchParam("status", "token", f"{_SP}/DiagnosticReport-status", "every report here is 'preliminary'"),
     ),
 }
-
-_TASK_STATUS_CODES: Final = (
-    "draft",
-    "requested",
-    "received",
-    "accepted",
-    "rejected",
-    "ready",
-    "cancelled",
-    "in-progress",
-    "on-hold",
-    "failed",
-    "completed",
-    "entered-in-error",
-)
-_REPORT_STATUS_CODES: Final = (
-    "registered",
-    "partial",
-    "preliminary",
-    "final",
-    "amended",
-    "corrected",
-    "appended",
-    "cancelled",
-    "entered-in-error",
-    "unknown",
-)
 
 
 def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Blueprint:
@@ -432,7 +405,7 @@ def _token_codes(values: Sequence[str], parameter: str, allowed: Sequence[str]) 
 
 def _task_states(values: Sequence[str]) -> set[JobState] | None:
     """The job states the status filter allows; None when there is no filter."""
-    groups = _token_codes(values, "status", _TASK_STATUS_CODES)
+    groups = _token_codes(values, "status", terminology.TASK_STATUS_CODES)
     if not groups:
         return None
     states = set(JobState)
@@ -454,7 +427,7 @@ def _priorities(values: Sequence[str]) -> list[Priority] | None:
 
 def _report_status_matches(values: Sequence[str]) -> bool:
     """Every report here is preliminary: a status filter matches all of them or none."""
-    return all("preliminary" in codes for codes in _token_codes(values, "status", _REPORT_STATUS_CODES))
+    return all("preliminary" in codes for codes in _token_codes(values, "status", terminology.REPORT_STATUS_CODES))
 
 
 def _single_value(values: Sequence[str], parameter: str) -> str | None:

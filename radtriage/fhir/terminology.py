@@ -19,7 +19,7 @@ radtriage's own code systems
     in ``Observation.code`` beside SNOMED CT where the concept is unambiguous.
 ``{base}/CodeSystem/triage``
     Codes for things that have no standard code: the report (``cxr-triage``), the Task's input and output
-    types (``imaging-study``, ``diagnostic-report``) and the tag ``untrained-placeholder``.
+    types (``imaging-study``, ``diagnostic-report``, ``priority-reason``) and the tag ``untrained-placeholder``.
 """
 
 from __future__ import annotations
@@ -97,3 +97,30 @@ REQUEST_INTENT_CODES: Final = (
 #: ServiceRequest intents that are an actual order to perform the study (the "order" branch of request-intent).
 ORDER_INTENTS: Final = ("order", "original-order", "reflex-order", "filler-order", "instance-order")
 IMAGING_STUDY_STATUS_CODES: Final = ("registered", "available", "cancelled", "entered-in-error", "unknown")
+#: FHIR task-status and diagnostic-report-status (required bindings; searched by code).
+TASK_STATUS_CODES: Final = (
+    "draft",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "ready",
+    "cancelled",
+    "in-progress",
+    "on-hold",
+    "failed",
+    "completed",
+    "entered-in-error",
+)
+REPORT_STATUS_CODES: Final = (
+    "registered",
+    "partial",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "appended",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+)

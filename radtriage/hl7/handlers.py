@@ -89,10 +89,14 @@ class OrderReceiver:
         self.accepting = True
 
     def __call__(self, frame: Frame, peer: Peer) -> bytes:
-        return self.answer(frame.payload, oversize_bytes=frame.size if frame.oversize else None).encode("ascii")
+        return self.answer(frame.payload, oversize_bytes=frame.size if frame.oversize else None).encode("latin-1")
 
     def answer(self, payload: bytes, *, oversize_bytes: int | None = None) -> str:
-        """The ACK (ER7 text, ASCII) for one received payload. Never raises."""
+        """The ACK for one received payload, as text to encode in Latin-1. Never raises.
+
+        The ACK's own text is ASCII; what it echoes from the message's MSH (MSH-3/4 as MSH-5/6, MSH-10 as
+        MSA-2) was read from the raw bytes as Latin-1, so encoding the ACK in Latin-1 gives back the sender's
+        exact bytes whatever its character set."""
         header: MessageHeader | None = None
         try:
             header = self._header(payload)
@@ -159,8 +163,9 @@ class OrderReceiver:
         if note:
             log.info("HL7 %s %s from %s: %s", header.message_code, header.control_id, header.sender, note)
         message = er7.parse(text)
-        header = read_header(message)  # again, now with the right character set
-        requests, issues = read_orders(message, header, self.settings.reader)
+        # The header again, now in the right character set, for the order's context. The ACK keeps echoing the
+        # header as read from the raw bytes, so that MSA-2 and MSH-5/6 are byte for byte what the sender sent.
+        requests, issues = read_orders(message, read_header(message), self.settings.reader)
         if issues:
             raise _Answer(AckCode.ERROR, *issues)
         for request in requests:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -24,7 +25,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_database_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
     migrate(engine)
     yield engine

@@ -23,6 +23,7 @@ from werkzeug.test import TestResponse
 
 from radtriage.app.factory import Components, create_app
 from radtriage.fhir import terminology
+from radtriage.fhir.api import MAX_BODY_BYTES
 from tests.support.fhir_validation import assert_valid_fhir
 
 from .conftest import Studies, running_components
@@ -530,8 +531,6 @@ def test_an_internal_failure_is_a_500_outcome_and_logs_no_patient_data(
 
 
 def test_an_oversized_body_is_refused_unread(client: FlaskClient, fhir_schema_path: Path) -> None:
-    from radtriage.fhir.api import MAX_BODY_BYTES
-
     body = b'{"resourceType": "ImagingStudy", "note": "' + b"x" * MAX_BODY_BYTES + b'"}'
     outcome = fhir_json(client.post("/fhir/ImagingStudy", data=body, content_type=FHIR_JSON), 413, fhir_schema_path)
     assert outcome["issue"][0]["code"] == "too-costly"

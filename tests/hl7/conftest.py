@@ -62,7 +62,7 @@ def ris() -> Iterator[RisPeer]:
 
 def parse_ack(raw: bytes) -> hl7.Message:
     """An ACK as python-hl7 reads it (MLLP framing stripped)."""
-    return hl7.parse(raw.strip(b"\x0b\x1c\r\n").decode("ascii"))
+    return hl7.parse(raw.strip(b"\x0b\x1c\r\n").decode("latin-1"))
 
 
 def ack_code(raw: bytes) -> str:

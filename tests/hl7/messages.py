@@ -10,7 +10,7 @@ CODECS = {"": "ascii", "8859/1": "latin-1", "UNICODE UTF-8": "utf-8"}
 
 
 def _encode(segments: Sequence[str], separator: str, charset: str) -> bytes:
-    return separator.join(segments).encode(CODECS[charset])
+    return separator.join(segments).encode(CODECS.get(charset, "ascii"))
 
 
 def orm(
@@ -33,10 +33,23 @@ def orm(
 ) -> bytes:
     segments = [
         f"MSH|^~\\&|{sender}|RADTRIAGE|HOSP|20261130080000||ORM^O01|{control_id}|P|{version}||||||{charset}",
-        f"PID|||{patient_id}^^^HOSP^MR~99-{patient_id}^^^SSA^SS||{patient_name}||19700101|M|||Main Street 1^^Springfield",
+        f"PID|||{patient_id}^^^HOSP^MR~99-{patient_id}^^^SSA^SS||{patient_name}||19700101|M|||1 Main St^^Springfield",
         "PV1||O|RAD^^^HOSP||||1234^Welby^Marcus",
         f"ORC|{control}|{placer}^RIS|{filler}^PACS||SC||^^^^^{priority}|||||1234^Welby^Marcus",
-        f"OBR|1|{placer}^RIS|{filler}^PACS|CXR^Chest X-ray PA^L|||||||||||||||{accession}|RP1|SPS1||||CR|||^^^^^{priority}",
+        segment(
+            "OBR",
+            {
+                1: "1",
+                2: f"{placer}^RIS",
+                3: f"{filler}^PACS",
+                4: "CXR^Chest X-ray PA^L",
+                18: accession,  # placer field 1: the accession number (IHE RAD-4, v2.3.1)
+                19: "RP1",  # placer field 2: requested procedure id
+                20: "SPS1",  # filler field 1: scheduled procedure step id
+                24: "CR",
+                27: f"^^^^^{priority}",
+            },
+        ),
         f"ZDS|{study_uid}^100^Application^DICOM",
         *extra,
     ]
@@ -74,6 +87,11 @@ def omi(
     ]
     segments = [s for s in segments if s[:3] not in drop]
     return _encode(segments, separator, charset)
+
+
+def segment(name: str, fields: dict[int, str]) -> str:
+    """A segment from {field number: value}, so that positions are explicit."""
+    return "|".join([name, *(fields.get(n, "") for n in range(1, max(fields) + 1))])
 
 
 def frame(payload: bytes) -> bytes:

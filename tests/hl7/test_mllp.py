@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from hl7.client import MLLPClient as IndependentClient
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from radtriage.hl7.mllp import (

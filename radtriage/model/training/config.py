@@ -49,6 +49,10 @@ class TrainingConfig:
     pretrained: str = IMAGENET
     xrv_weights_name: str = "densenet121-res224-all"
     image_size: int = 224
+    #: The stem and this many of the 16 MBConv blocks keep their starting weights (EfficientNet-Lite0 only): the
+    #: early layers detect edges and textures, which ImageNet taught well, and not back-propagating through the
+    #: high-resolution layers roughly halves the time of a training step on a CPU.
+    frozen_blocks: int = 3
     epochs: int = 6
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -94,6 +98,9 @@ class TrainingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer")
+        if isinstance(self.frozen_blocks, bool) or not isinstance(self.frozen_blocks, int) or not (
+                0 <= self.frozen_blocks <= 16):
+            raise ValueError("frozen_blocks must be an integer from 0 to 16")
         if self.image_size < 32:
             raise ValueError("image_size must be at least 32 (the network downsamples 32-fold)")
         if not (0 < self.learning_rate < 1) or self.weight_decay < 0:
