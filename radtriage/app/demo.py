@@ -175,6 +175,7 @@ def running_service(settings: Settings) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}/fhir"
     finally:
+        server.task_dispatcher.shutdown()  # let in-flight requests finish before the sockets close
         server.close()
         components.close()
 
@@ -234,7 +235,6 @@ def run_demo(settings: Settings, studies_source: Path | None, limit: int, out: A
         }
     elapsed = time.monotonic() - started
     rows = [(study, task_ids[i], tasks[task_ids[i]]) for i, study in enumerate(studies)]
-    print_worklist(rows, reports_json, out)
     output = home / "fhir-resources.ndjson"
     with output.open("w") as fh:
         for _, task_id, task in rows:
@@ -244,12 +244,12 @@ def run_demo(settings: Settings, studies_source: Path | None, limit: int, out: A
     shown = len(rows) if show_fhir is None else show_fhir
     for _, task_id, task in rows[:shown]:
         out.write(f"\n--- FHIR resources for Task/{task_id} ---\n")
-        out.write(json.dumps(task, indent=2) + "\n")
-        if task_id in reports_json:
-            out.write(json.dumps(reports_json[task_id], indent=2) + "\n")
-            for observation in observations[task_id]:
-                out.write(json.dumps(observation, indent=2) + "\n")
-    out.write(f"\n{len(rows)} studies in {elapsed:.1f} s. All FHIR resources: {output}\n")
+        for resource in [task, reports_json.get(task_id), *observations.get(task_id, [])]:
+            if resource:
+                out.write(json.dumps(resource, indent=2) + "\n")
+    # The worklist comes last, so it is what a person sees at the bottom of the terminal.
+    print_worklist(rows, reports_json, observations, out)
+    out.write(f"\n{len(rows)} studies in {elapsed:.1f} s. All FHIR resources (NDJSON): {output}\n")
     unfinished = [t for t in tasks.values() if t["status"] not in ("completed", "failed", "cancelled")]
     return 1 if unfinished else 0
 
@@ -259,7 +259,12 @@ def _reason(task: dict[str, Any]) -> str:
     return str(coding[0].get("code") or task.get("statusReason", {}).get("text") or "")
 
 
-def print_worklist(rows: list[tuple[DemoStudy, str, dict[str, Any]]], reports: dict[str, Any], out: Any) -> None:
+def print_worklist(
+    rows: list[tuple[DemoStudy, str, dict[str, Any]]],
+    reports: dict[str, Any],
+    observations: dict[str, list[dict[str, Any]]],
+    out: Any,
+) -> None:
     placeholder = any("PLACEHOLDER" in (r.get("conclusion") or "").upper() for r in reports.values())
     analysed = [r for r in rows if r[2]["status"] == "completed"]
     analysed.sort(key=lambda r: (PRIORITY_RANK.get(r[2].get("priority", "routine"), 9), r[2].get("authoredOn", "")))
@@ -271,18 +276,26 @@ def print_worklist(rows: list[tuple[DemoStudy, str, dict[str, Any]]], reports: d
         )
     out.write(f"  {'priority':<9} {'study':<48} {'positive findings (probability)'}\n")
     for study, task_id, task in analysed:
-        report = reports.get(task_id, {})
-        out.write(f"  {task.get('priority', '?'):<9} {study.label[:48]:<48} {_positives(report)}\n")
+        out.write(
+            f"  {task.get('priority', '?'):<9} {study.label[:48]:<48} {_positives(observations.get(task_id, []))}\n"
+        )
     if not_analysed:
         out.write("\nNOT ANALYSED (a person must read these; the service does not guess)\n")
         for study, _, task in not_analysed:
             out.write(f"  {task['status']:<9} {study.label[:48]:<48} {_reason(task)}\n")
 
 
-def _positives(report: dict[str, Any]) -> str:
-    text = report.get("conclusion") or ""
-    first_line = text.splitlines()[0] if text else ""
-    return first_line[:100]
+def _positives(observations: list[dict[str, Any]]) -> str:
+    """Findings at or above their threshold, e.g. "Effusion 0.81, Edema 0.64"."""
+    found = []
+    for obs in observations:
+        codes = [c.get("code") for i in obs.get("interpretation", []) for c in i.get("coding", [])]
+        if "POS" in codes:
+            label = obs.get("code", {}).get("text") or obs["code"]["coding"][0].get("display", "?")
+            found.append((obs["valueQuantity"]["value"], label))
+    if not found:
+        return "none above threshold"
+    return ", ".join(f"{label} {value:.2f}" for value, label in sorted(found, reverse=True))
 
 
 def reset_demo_home(home: Path) -> None:

@@ -17,11 +17,13 @@ def test_demo_prints_a_prioritised_worklist_and_fhir_resources(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     out = result.output
     assert "WORKLIST" in out
-    worklist, not_analysed = out.split("NOT ANALYSED", 1)
-    # The STAT order stays STAT whatever the model says.
-    assert "stat" in worklist
+    worklist, not_analysed = out.rsplit("WORKLIST", 1)[1].split("NOT ANALYSED", 1)
+    rows = [line.split() for line in worklist.splitlines() if line.startswith("  ") and "!!" not in line][1:]
+    # Most urgent first, and the STAT order stays STAT whatever the model says.
+    assert [r[0] for r in rows] == ["stat", "routine"]
+    assert "ordered STAT" in worklist.splitlines()[3]
     for code in ("not-a-chest", "not-a-radiograph", "lateral-only", "study-not-found"):
-        assert code in not_analysed.split("--- FHIR")[0]
+        assert code in not_analysed
     assert '"resourceType": "DiagnosticReport"' in out
     assert '"resourceType": "Task"' in out
     ndjson = (tmp_path / "fhir-resources.ndjson").read_text().splitlines()

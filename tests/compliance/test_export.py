@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from radtriage.compliance import codes
 from radtriage.compliance.audit import (
@@ -227,17 +228,23 @@ def test_reordered_records_in_an_export_are_detected(populated: AuditLog) -> Non
     assert not verify_export(_text(resources)).ok
 
 
-def test_a_forged_head_is_detected_and_a_foreign_head_is_not_in_the_database(populated: AuditLog) -> None:
+def test_a_forged_head_is_detected_and_only_a_database_holding_the_head_confirms_it(
+    populated: AuditLog, sqlite_engine: Engine
+) -> None:
     resources = _ndjson(populated)
     proof = resources[-1]
     head_hash = next(p for p in proof["parameter"] if p["name"] == "head-hash")
     head_hash["valueString"] = "f" * 64
     result = verify_export(_text(resources))
     assert not result.ok and "head" in (result.reason or "")
-    # An export that verifies on its own but whose head is not in this database.
     text, _ = export(populated)
     populated.record(AuditRecord(LOGIN, client_id="x"))  # the database moves on: the old head is still in the chain
     assert verify_export(io.StringIO(text), engine=populated.engine).ok
+    other = AuditLog(sqlite_engine)  # another database, whose chain does not hold that head
+    for n in range(12):
+        other.record(AuditRecord(LOGIN, client_id=f"c{n}"))
+    result = verify_export(io.StringIO(text), engine=other.engine)
+    assert not result.ok and "not in the database" in (result.reason or "")
 
 
 def test_a_changed_csv_column_is_detected(populated: AuditLog) -> None:

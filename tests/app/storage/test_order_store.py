@@ -22,7 +22,7 @@ from radtriage.app.core.domain import (
 from radtriage.app.core.errors import ErrorCode, TriageError
 from radtriage.app.core.pipeline import advance
 from radtriage.app.storage import SqlOrderStore, create_database_engine, migrate
-from radtriage.app.storage.tables import metadata
+from radtriage.app.storage.schema import metadata
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from radtriage.app.storage.tables import metadata
+from radtriage.app.storage.schema import metadata
 
 config = context.config
 engine = config.attributes.get("engine")
