@@ -64,7 +64,10 @@ def test_a_patient_create_follows_balp_patient_create() -> None:
     assert resource["recorded"] == "2025-03-01T08:30:00.000000Z"
     agents = agents_by_type(resource)
     client, server, oauth = agents["110153"], agents["110152"], agents["UserOauthAgent"]
-    assert client["who"]["identifier"]["value"] == "ehr-main" and client["network"] == {"address": "192.0.2.10", "type": "2"}
+    assert client["who"]["identifier"]["value"] == "ehr-main" and client["network"] == {
+        "address": "192.0.2.10",
+        "type": "2",
+    }
     assert server["who"]["identifier"]["value"] == "radtriage" and server["network"]["address"] == "radtriage.test"
     assert oauth["requestor"] is True and oauth["policy"] == ["urn:ietf:params:oauth:jti:jti-1"]
     assert oauth["purposeOfUse"][0]["coding"][0]["code"] == "TREAT" and oauth["role"][0]["coding"][0]["code"] == "ehr"

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from radtriage.app.storage import migrate
+from radtriage.app.storage import create_database_engine, migrate
 from radtriage.app.storage.audit_tables import audit_chain_head, audit_events, oauth_seen_jti
-from radtriage.app.storage.tables import metadata, orders
+from radtriage.app.storage.schema import metadata
+from radtriage.app.storage.tables import orders
 from radtriage.compliance.audit import (
     AUTHENTICATION_FAILED,
     LOGIN,
@@ -29,6 +35,7 @@ from radtriage.compliance.audit_store import (
     canonical_json,
     chain_hash,
     content_sha256,
+    verify,
 )
 
 from .conftest import SOURCE, drop_append_only_triggers
@@ -280,11 +287,56 @@ def test_migrations_create_the_declared_audit_schema(engine: Engine) -> None:
 
 def test_other_kinds_and_outcomes_are_stored(audit_log: AuditLog) -> None:
     audit_log.record(AuditRecord(LOGIN, client_id="ehr", token_id="t1", peer_address="127.0.0.1"))
-    audit_log.record(
-        AuditRecord(AUTHENTICATION_FAILED, outcome=AuditOutcome.MINOR_FAILURE, peer_address="127.0.0.1")
-    )
+    audit_log.record(AuditRecord(AUTHENTICATION_FAILED, outcome=AuditOutcome.MINOR_FAILURE, peer_address="127.0.0.1"))
     audit_log.record(AuditRecord(RESULT_READ, client_id="ehr", peer_address="::1", interaction="read"))
     found, total = audit_log.search()
     assert total == 3 and [e.kind for e in found] == ["result-read", "authentication-failed", "login"]
     assert [e.action for e in found] == ["R", "E", "E"] and found[1].outcome == 4
     assert audit_log.verify().ok
+
+
+# ---------------------------------------------------------------------------------------------- property
+
+
+@pytest.fixture(scope="module")
+def template_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database with 8 records, copied for every example (migrating per example would be slow)."""
+    path = tmp_path_factory.mktemp("audit-template") / "template.sqlite3"
+    engine = create_database_engine(f"sqlite:///{path}")
+    migrate(engine)
+    fill(AuditLog(engine, source=SOURCE), 8)
+    engine.dispose()
+    return path
+
+
+TAMPERING: st.SearchStrategy[tuple[Any, ...]] = st.one_of(
+    st.tuples(st.sampled_from(["change", "delete", "column"]), st.integers(1, 8)),
+    st.integers(1, 7).flatmap(lambda first: st.tuples(st.just("swap"), st.just(first), st.integers(first + 1, 8))),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(operation=TAMPERING)
+def test_any_single_tampering_is_found_at_the_first_touched_record(
+    template_database: Path, tmp_path_factory: pytest.TempPathFactory, operation: tuple[Any, ...]
+) -> None:
+    path = tmp_path_factory.mktemp("tampered") / "audit.sqlite3"
+    shutil.copy(template_database, path)
+    engine = create_database_engine(f"sqlite:///{path}")
+    try:
+        kind, first = operation[0], operation[1]
+        statements = {
+            "change": [f"UPDATE audit_events SET resource = resource || ' ' WHERE id = {first}"],
+            "delete": [f"DELETE FROM audit_events WHERE id = {first}"],
+            "column": [f"UPDATE audit_events SET client_id = 'intruder' WHERE id = {first}"],
+            "swap": [
+                f"UPDATE audit_events SET id = -1 WHERE id = {first}",
+                f"UPDATE audit_events SET id = {first} WHERE id = {operation[-1]}",
+                f"UPDATE audit_events SET id = {operation[-1]} WHERE id = -1",
+            ],
+        }[kind]
+        tamper(engine, *statements)
+        result = verify(engine)
+        assert not result.ok and result.first_broken_id == first, result
+    finally:
+        engine.dispose()

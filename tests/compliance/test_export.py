@@ -74,7 +74,9 @@ def populated(audit_log: AuditLog) -> AuditLog:
             peer_address="198.51.100.7",
         )
     )
-    rows.append(AuditRecord(LOGIN, recorded=DAY + timedelta(days=2, hours=2), client_id="ris", peer_address="192.0.2.2"))
+    rows.append(
+        AuditRecord(LOGIN, recorded=DAY + timedelta(days=2, hours=2), client_id="ris", peer_address="192.0.2.2")
+    )
     for row in rows:
         audit_log.record(row)
     return audit_log
@@ -113,7 +115,9 @@ def exported_ids(text: str, fmt: str) -> list[int]:
         ({"patient": "Patient/nobody"}, []),
     ],
 )
-def test_filters_select_exactly_the_matching_records(populated: AuditLog, filters: dict[str, str], expected: list[int]) -> None:
+def test_filters_select_exactly_the_matching_records(
+    populated: AuditLog, filters: dict[str, str], expected: list[int]
+) -> None:
     text, summary = export(populated, **filters)
     assert exported_ids(text, "ndjson") == expected
     assert summary.records == len(expected)
@@ -176,7 +180,9 @@ def test_exporting_is_itself_audited(populated: AuditLog) -> None:
         ({"fmt": "xml"}, "format"),
     ],
 )
-def test_a_bad_request_is_refused_clearly_and_audited(populated: AuditLog, filters: dict[str, str], message: str) -> None:
+def test_a_bad_request_is_refused_clearly_and_audited(
+    populated: AuditLog, filters: dict[str, str], message: str
+) -> None:
     with pytest.raises(AuditQueryError, match=message) as refused:
         export(populated, **filters)
     assert refused.value.code.value == "invalid-input"
@@ -292,7 +298,13 @@ def test_fhir_search_parameters_become_a_filter() -> None:
         }
     )
     assert result == AuditFilter(
-        start=DAY, end=DAY + timedelta(days=2), patient="Patient/bob", action="R", kind="result-read", client="ehr", outcome=0
+        start=DAY,
+        end=DAY + timedelta(days=2),
+        patient="Patient/bob",
+        action="R",
+        kind="result-read",
+        client="ehr",
+        outcome=0,
     )
     assert filter_from_fhir_search({"date": ["2025-03-01"]}) == AuditFilter(start=DAY, end=DAY + timedelta(days=1))
     with pytest.raises(AuditQueryError, match="unsupported"):

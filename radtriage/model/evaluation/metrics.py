@@ -18,7 +18,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 
-def _arrays(y: Sequence[float] | npt.NDArray[Any], p: Sequence[float] | npt.NDArray[Any]) -> tuple[FloatArray, FloatArray]:
+def _arrays(y: Sequence[float] | npt.NDArray[Any], p: Sequence[float] | npt.NDArray[Any]
+            ) -> tuple[FloatArray, FloatArray]:
     y_arr = np.asarray(y, dtype=np.float64).ravel()
     p_arr = np.asarray(p, dtype=np.float64).ravel()
     if y_arr.shape != p_arr.shape:

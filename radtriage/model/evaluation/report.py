@@ -79,21 +79,39 @@ def choose_thresholds(images: Sequence[LabelledImage], probabilities: np.ndarray
     return chosen
 
 
-def subgroups(images: Sequence[LabelledImage]) -> dict[str, Callable[[LabelledImage], bool]]:
+Member = Callable[[LabelledImage], bool]
+
+
+def _everyone(_image: LabelledImage) -> bool:
+    return True
+
+
+def _where(source: str | None = None, view: str | None = None, sex: str | None = None,
+           band: str | None = None) -> Member:
+    """A predicate for the images matching every criterion given."""
+
+    def member(image: LabelledImage) -> bool:
+        return ((source is None or image.source == source) and (view is None or image.view_group == view)
+                and (sex is None or image.sex == sex) and (band is None or age_band(image.age) == band))
+
+    return member
+
+
+def subgroups(images: Sequence[LabelledImage]) -> dict[str, Member]:
     """Named groups of images for the subgroup analysis; empty groups are left out."""
     sources = sorted({i.source for i in images})
-    groups: dict[str, Callable[[LabelledImage], bool]] = {"all": lambda i: True}
+    groups: dict[str, Member] = {"all": _everyone}
     for source in sources:
-        groups[f"source={source}"] = lambda i, s=source: i.source == s
+        groups[f"source={source}"] = _where(source=source)
     for view in ("PA", "AP", "other"):
-        groups[f"view={view}"] = lambda i, v=view: i.view_group == v
+        groups[f"view={view}"] = _where(view=view)
         for source in sources:
-            groups[f"source={source}/view={view}"] = lambda i, s=source, v=view: i.source == s and i.view_group == v
+            groups[f"source={source}/view={view}"] = _where(source=source, view=view)
     for sex in ("F", "M"):
-        groups[f"sex={sex}"] = lambda i, x=sex: i.sex == x
+        groups[f"sex={sex}"] = _where(sex=sex)
     for band in ("<18", "18-39", "40-64", "65+", "unknown"):
-        groups[f"age={band}"] = lambda i, b=band: age_band(i.age) == b
-    return {name: test for name, test in groups.items() if any(test(i) for i in images)}
+        groups[f"age={band}"] = _where(band=band)
+    return {name: member for name, member in groups.items() if any(member(i) for i in images)}
 
 
 def group_metrics(images: Sequence[LabelledImage], probabilities: np.ndarray, labels: Sequence[str],
@@ -116,6 +134,28 @@ def group_metrics(images: Sequence[LabelledImage], probabilities: np.ndarray, la
             per_target[target] = metrics
         if per_target:
             result[name] = per_target
+    return result
+
+
+def view_confound(images: Sequence[LabelledImage]) -> dict[str, Any]:
+    """How well the view alone (PA = 1, AP = 0) predicts "abnormal", per source: the shortcut to beat.
+
+    A model whose AUROC is not clearly above this, or whose AUROC within each view is near 0.5, has learnt the
+    view rather than the disease.
+    """
+    from .metrics import auroc
+
+    result: dict[str, Any] = {}
+    for source in sorted({i.source for i in images}):
+        framed = [i for i in images if i.source == source and i.abnormal is not None and i.view_group in ("PA", "AP")]
+        y = np.array([i.abnormal for i in framed], dtype=np.float64)
+        pa = np.array([i.view_group == "PA" for i in framed], dtype=np.float64)
+        result[f"source={source}"] = {
+            "images": len(framed),
+            "abnormal_share_PA": float(y[pa == 1].mean()) if (pa == 1).any() else None,
+            "abnormal_share_AP": float(y[pa == 0].mean()) if (pa == 0).any() else None,
+            "view_only_auroc": auroc(y, pa) if len(framed) else None,
+        }
     return result
 
 
@@ -167,9 +207,11 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, bootstrap: int = 1000, devi
             "groups": group_metrics(test, probs(test), labels, thresholds, bootstrap=bootstrap, seed=config.seed),
         },
     }
+    evaluation["view_confound"] = view_confound(test)
     if external:
+        external_sources = ", ".join(sorted({i.source for i in external}))
         evaluation["external"] = {
-            "description": f"every image of the sources not trained on ({', '.join(sorted({i.source for i in external}))})",
+            "description": f"every image of the sources not trained on ({external_sources})",
             "images": len(external),
             "groups": group_metrics(external, probs(external), labels, thresholds, bootstrap=bootstrap,
                                     seed=config.seed),
@@ -214,11 +256,11 @@ def _plots(out: Path, test: Sequence[LabelledImage], probabilities: np.ndarray, 
     written: list[str] = []
     if not test:
         return written
-    groups = {"all held-out": lambda i: True}
+    groups: dict[str, Member] = {"all held-out": _everyone}
     for source in sorted({i.source for i in test}):
-        groups[source] = lambda i, s=source: i.source == s
+        groups[source] = _where(source=source)
         for view in ("PA", "AP"):
-            groups[f"{source} {view}"] = lambda i, s=source, v=view: i.source == s and i.view_group == v
+            groups[f"{source} {view}"] = _where(source=source, view=view)
     for target in (*labels, ABNORMALITY):
         roc_series, calibration_series = [], []
         for name, member in groups.items():
@@ -320,6 +362,16 @@ def markdown_report(evaluation: Mapping[str, Any]) -> str:
             lines += ["", "By sex and age band:", ""]
             lines += _table(groups, target, others)
             lines.append("")
+    if evaluation.get("view_confound"):
+        lines += ["## View confound", "",
+                  "AUROC for 'abnormal' of the view alone (PA vs AP) on the held-out split: the shortcut a model could "
+                  "take. Compare it with the model's AUROC within each view above.", "",
+                  "| source | images | abnormal among PA | abnormal among AP | view-only AUROC |",
+                  "|---|---|---|---|---|"]
+        for group, entry in evaluation["view_confound"].items():
+            lines.append(f"| {group} | {entry['images']} | {_pct(entry['abnormal_share_PA'])} "
+                         f"| {_pct(entry['abnormal_share_AP'])} | {_num(entry['view_only_auroc'])} |")
+        lines.append("")
     if evaluation.get("plots"):
         lines += ["## Plots", ""]
         lines += [f"![{name}]({name})" for name in evaluation["plots"]]
@@ -336,4 +388,5 @@ __all__ = [
     "group_metrics",
     "markdown_report",
     "subgroups",
+    "view_confound",
 ]

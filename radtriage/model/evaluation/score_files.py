@@ -49,9 +49,10 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield path  # a missing or unreadable file becomes a not-analysed row, not a crash
 
 
-def score_files(paths: Sequence[str | os.PathLike[str]], output: TextIO, *, model_dir: str | os.PathLike[str] | None = None,
-                output_format: str = "csv", policy_path: str | os.PathLike[str] | None = None,
-                batch_size: int = 16, max_threads: int | None = None) -> int:
+def score_files(paths: Sequence[str | os.PathLike[str]], output: TextIO, *,
+                model_dir: str | os.PathLike[str] | None = None, output_format: str = "csv",
+                policy_path: str | os.PathLike[str] | None = None, batch_size: int = 16,
+                max_threads: int | None = None) -> int:
     """Write one row per image to `output`; returns the number of rows. See the module docstring."""
     from ..policy import load_policy
     from ..scorer import XrvScorer

@@ -94,7 +94,8 @@ class SamePaddingConv2d(nn.Conv2d):
             pads += [total // 2, total - total // 2]
         if any(pads):
             x = F.pad(x, pads)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        result: torch.Tensor = F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return result
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -128,7 +129,7 @@ class MBConvBlock(nn.Module):
         self.drop_connect = drop_connect
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x) if self.expand is not None else x
+        out: torch.Tensor = self.expand(x) if self.expand is not None else x
         out = self.project(self.depthwise(out))
         if not self.residual:
             return out

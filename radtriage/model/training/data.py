@@ -40,7 +40,8 @@ def model_input(image: LabelledImage, size: int, cache_dir: str | os.PathLike[st
 
     cached = _cache_path(Path(cache_dir), image, size) if cache_dir is not None else None
     if cached is not None and cached.exists():
-        return np.load(cached)
+        stored: np.ndarray = np.load(cached)
+        return stored
     try:
         array = to_model_input(load_image_file(image.path), size)
     except (TriageError, ValueError) as exc:

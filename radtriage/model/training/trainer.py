@@ -91,7 +91,8 @@ def _subsample_patients(images: Sequence[LabelledImage], limit: int, seed: int) 
     return chosen
 
 
-def prepare_split(config: TrainingConfig, run_dir: str | os.PathLike[str]) -> tuple[list[LabelledImage], dict[str, str]]:
+def prepare_split(config: TrainingConfig, run_dir: str | os.PathLike[str]
+                  ) -> tuple[list[LabelledImage], dict[str, str]]:
     """The run's images and their split: read from ``split.csv`` when the run has one, else made and saved."""
     run = Path(run_dir)
     images = collect_images(config)
@@ -131,11 +132,11 @@ def build_training_network(config: TrainingConfig) -> nn.Module:
 
         if config.pretrained == FROM_SCRATCH:
             return build_efficientnet_lite0(outputs)
-        network = pretrained_efficientnet_lite0(outputs)
+        lite0 = pretrained_efficientnet_lite0(outputs)
         if config.frozen_blocks:
-            network.stem.requires_grad_(False)
-            network.blocks[:config.frozen_blocks].requires_grad_(False)
-        return network
+            lite0.stem.requires_grad_(False)
+            lite0.blocks[:config.frozen_blocks].requires_grad_(False)
+        return lite0
 
     from .._xrv import import_xrv
     from ..architectures import XRV_DENSENET121, architecture, load_xrv_published_weights
@@ -147,7 +148,9 @@ def build_training_network(config: TrainingConfig) -> nn.Module:
     network = build(len(import_xrv().models.model_urls[config.xrv_weights_name]["labels"]))
     network.load_state_dict(published, strict=True)
     # Keep the published features, replace the classifier: its outputs are torchxrayvision's labels, not ours.
-    classifier = network.classifier
+    classifier = network.get_submodule("classifier")
+    if not isinstance(classifier, nn.Linear):
+        raise TypeError(f"expected torchxrayvision's classifier to be nn.Linear, not {type(classifier).__name__}")
     network.classifier = nn.Linear(classifier.in_features, outputs)
     return network
 
@@ -264,7 +267,7 @@ def train(config: TrainingConfig, run_dir: str | os.PathLike[str], *, resume: bo
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     # channels-last is the layout CPU convolution kernels (oneDNN) run fastest in, depthwise ones especially.
-    network = build_training_network(config).to(device, memory_format=torch.channels_last)
+    network = build_training_network(config).to(device).to(memory_format=torch.channels_last)
     trainable = [parameter for parameter in network.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
@@ -300,11 +303,11 @@ def train(config: TrainingConfig, run_dir: str | os.PathLike[str], *, resume: bo
                        leave=False, mininterval=2.0)
         for start in batches:
             index = order[start:start + config.batch_size]
-            inputs = augment(x_train[index], config.augmentation, generator).to(
-                device, memory_format=torch.channels_last)
+            inputs = augment(x_train[index], config.augmentation, generator)
+            inputs = inputs.to(device).contiguous(memory_format=torch.channels_last)
             loss = masked_bce(network(inputs), y_train[index].to(device), weights[index].to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             scheduler.step()
             running += float(loss.detach()) * len(index)

@@ -82,7 +82,8 @@ def tune(base: TrainingConfig, search_dir: str | os.PathLike[str], *, trials: in
     root.mkdir(parents=True, exist_ok=True)
     record_file = root / TUNING_JSON
     record: dict[str, Any] = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
-    settings = {"base": base.to_dict(), "space": asdict(space), "seed": seed}
+    # Through JSON and back, so that it compares equal to what tuning.json holds (tuples become lists).
+    settings = json.loads(json.dumps({"base": base.to_dict(), "space": asdict(space), "seed": seed}))
     if record and record.get("settings") != settings:
         raise ValueError(f"{root} holds a search with other settings; use a new folder")
     record = {"settings": settings, "trials": record.get("trials", [])}

@@ -38,16 +38,14 @@ def _data_of(run: Path) -> tuple[Path, Path]:
 
 
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
-    tiny_data: tuple[Path, Path], tmp_path: Path
+    tiny_data: tuple[Path, Path], tiny_run: Path, tmp_path: Path
 ) -> None:
-    site, _ = tiny_data
-    config = tiny_config(site, augmentation="strong", cache_dir=str(tmp_path / "cache"))
-    train(config, tmp_path / "straight")
+    config = tiny_config(*tiny_data)  # the recipe of `tiny_run`, which ran both epochs in one go
     first = train(config, tmp_path / "resumed", stop_after_epochs=1)
     assert first.epochs_run == 1
     assert train(config, tmp_path / "resumed").epochs_run == 2
 
-    straight = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)
+    straight = torch.load(tiny_run / CHECKPOINT_FILE, weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=True)
     assert straight["history"][-1]["train_loss"] == resumed["history"][-1]["train_loss"]
     for name, tensor in straight["model"].items():
@@ -99,3 +97,15 @@ def test_densenet_fine_tunes_from_torchxrayvision_weights_on_disk(tiny_data: tup
     assert tuned["classifier.weight"].shape == (2, 1024)
     assert not torch.equal(tuned["features.denseblock4.denselayer16.conv2.weight"],
                            stand_in.features.denseblock4.denselayer16.conv2.weight)
+
+
+def test_a_corrupt_image_stops_training_with_its_file_name(tmp_path: Path) -> None:
+    from radtriage.model.datasets import DatasetError
+
+    from .conftest import make_site_folder
+
+    site = make_site_folder(tmp_path, patients=6)
+    (site / "images" / "002_1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DatasetError, match="002_1.png: cannot be used"):
+        train(tiny_config(site, split_fractions=(1.0, 0.0, 0.0)), tmp_path / "run")
+    assert not (tmp_path / "run" / MODEL_FILE).exists()

@@ -1,0 +1,52 @@
+"""`radtriage score`: one row per image, not-analysed rows with the reason, CSV or JSON lines."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from radtriage.model.evaluation.score_files import DEFAULT_MODEL_DIR, score_files
+from tests.support.data import pydicom_data_dir
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (80, 64), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(folder / "nested" / "b.jpg")
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "notes.txt").write_text("ignored: not an image")
+    return folder
+
+
+def test_csv_rows_for_images_and_failures(images: Path) -> None:
+    out = io.StringIO()
+    extremity = pydicom_data_dir() / "RG3_J2KI.dcm"
+    count = score_files([images, extremity], out, max_threads=None)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert count == len(rows) == 4
+    by_name = {Path(r["file"]).name: r for r in rows}
+    assert set(by_name) == {"a.png", "b.jpg", "broken.png", "RG3_J2KI.dcm"}
+    scored = by_name["a.png"]
+    assert scored["not_analysed"] == "" and scored["priority"] in ("routine", "urgent", "asap", "stat")
+    labels = [c for c in rows[0] if c not in ("file", "abnormality", "priority", "model_version", "not_analysed")]
+    assert labels and float(scored["abnormality"]) == max(float(scored[label]) for label in labels)
+    assert by_name["broken.png"]["not_analysed"].startswith("unreadable-image")
+    assert by_name["RG3_J2KI.dcm"]["not_analysed"].startswith("not-a-chest")
+    assert by_name["RG3_J2KI.dcm"]["abnormality"] == ""
+
+
+def test_jsonl_format(images: Path) -> None:
+    out = io.StringIO()
+    score_files([images / "a.png"], out, output_format="jsonl", max_threads=None)
+    (row,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert row["file"].endswith("a.png") and isinstance(row["abnormality"], float)
+    assert row["model_version"].startswith(json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())["name"])
