@@ -79,8 +79,10 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from .app.factory import build_components, create_app
+    from .compliance.phi import install_phi_filter
 
     _setup_logging(bool(obj["verbose"]))
+    install_phi_filter()
     settings = load_settings(obj["config"], host=host, port=port)  # type: ignore[arg-type]
     components = build_components(settings)
     app = create_app(components=components)
@@ -91,6 +93,14 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     finally:
         components.close()
 
+
+def _register_command_groups() -> None:
+    from .compliance.cli_commands import audit_group
+
+    main.add_command(audit_group)
+
+
+_register_command_groups()
 
 if __name__ == "__main__":
     main()

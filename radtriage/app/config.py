@@ -42,6 +42,18 @@ class Settings:
     #: Public base URL used in FHIR Bundle links; derived from the request when empty.
     base_url: str = ""
     home: str = field(default_factory=lambda: str(default_home()))
+    #: "production" refuses to start without access control and its secrets.
+    mode: str = "development"
+    #: Require OAuth 2 bearer tokens on the FHIR API (SMART Backend Services); production requires it.
+    auth_required: bool = False
+    auth_issuer: str = ""
+    #: PEM file of the token signing key (EC P-384 or RSA 2048+); a fresh key per process when empty (development).
+    auth_signing_key: str = ""
+    #: JSON registry of clients (their JWKS, roles, scopes) and trusted external issuers.
+    auth_clients: str = ""
+    auth_token_lifetime: int = 300
+    #: Days to keep studies' derived data and pixel caches; 0 keeps them. The audit trail is always kept.
+    retention_days: int = 0
 
     # --- HL7 v2 door (radtriage.hl7; docs/hl7-conformance.md) ---
     #: MLLP listener for orders from the RIS; port 0 turns it off.

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy import Engine
 
+    from ..compliance.audit_store import AuditLog
+    from ..compliance.auth import AccessControl
+
 log = logging.getLogger(__name__)
 
 #: The default model shipped inside the package (trained by radtriage's own pipeline), if present.
@@ -31,16 +34,24 @@ class Components:
     store: SqlOrderStore
     queue: InlineJobQueue
     service: TriageService
+    audit: AuditLog
+    access: AccessControl | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
+        from ..compliance.audit import APPLICATION_START, AuditRecord
+
+        self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
 
     def close(self) -> None:
+        from ..compliance.audit import APPLICATION_STOP, AuditRecord
+
         self.queue.stop()
+        self.audit.record(AuditRecord(APPLICATION_STOP))
         self.engine.dispose()
 
 
@@ -86,19 +97,50 @@ def model_scorer_factory(settings: Settings) -> Callable[[], ImageScorer]:
     return load
 
 
+def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) -> AccessControl | None:
+    """OAuth 2 (SMART Backend Services) for the FHIR API, or None when access control is off (development)."""
+    if not settings.auth_required:
+        return None
+    from ..compliance.auth import (
+        AccessControl,
+        ClientRegistry,
+        SqlJtiCache,
+        generate_signing_key,
+        load_signing_key,
+    )
+
+    base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+    # Development without a configured key: a fresh key per process (tokens do not survive a restart).
+    key = load_signing_key(settings.auth_signing_key) if settings.auth_signing_key else generate_signing_key()
+    return AccessControl(
+        issuer=settings.auth_issuer or f"{base}/auth",
+        token_url=f"{base}/auth/token",
+        audience=f"{base}/fhir",
+        signing_key=key,
+        registry=ClientRegistry.from_file(settings.auth_clients) if settings.auth_clients else ClientRegistry(),
+        jti_cache=SqlJtiCache(engine),
+        audit=audit.record,
+        token_lifetime_s=settings.auth_token_lifetime,
+    )
+
+
 def build_components(
     settings: Settings | None = None,
     *,
     scorer_factory: Callable[[], ImageScorer] | None = None,
     study_source: StudySource | None = None,
 ) -> Components:
+    from ..compliance.audit_store import AuditLog
+    from ..compliance.auth import check_production_secrets
     from ..imaging.selection import select_instance
     from ..model.policy import load_policy
 
     settings = settings or load_settings()
+    check_production_secrets(settings)
     engine = create_database_engine(settings.resolved_database_url())
     migrate(engine)
-    store = SqlOrderStore(engine)
+    audit = AuditLog(engine)
+    store = SqlOrderStore(engine, audit=audit)
     queue = InlineJobQueue(settings.workers)
     service = TriageService(
         store=store,
@@ -109,18 +151,21 @@ def build_components(
         scorer=scorer_factory or model_scorer_factory(settings),
     )
     queue.bind(service.run_job)
-    return Components(settings, engine, store, queue, service)
+    return Components(settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit))
 
 
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
     """The WSGI application: the FHIR door (and, later, the web pages) on top of one set of components."""
     from flask import Flask
 
+    from ..compliance.flask_auth import auth_blueprint, install_access_control
     from ..fhir.api import fhir_blueprint
 
     components = components or build_components(settings)
     app = Flask("radtriage")
     app.extensions["radtriage"] = components
+    install_access_control(app, components.access)
+    app.register_blueprint(auth_blueprint(), url_prefix="/auth")
     base_url = f"{components.settings.base_url.rstrip('/')}/fhir" if components.settings.base_url else None
     app.register_blueprint(fhir_blueprint(components.service, base_url=base_url), url_prefix="/fhir")
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,11 @@ from ..core.domain import (
 )
 from ..core.errors import ErrorCode, TriageError
 from .tables import job_events, jobs, orders, results
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from ...compliance.audit_store import AuditLog
 
 _ORDER_FIELDS = (
     "id",
@@ -96,8 +101,11 @@ def _event_values(event: JobEvent) -> dict[str, Any]:
 
 
 class SqlOrderStore:
-    def __init__(self, engine: Engine) -> None:
+    """With an `audit` log, every audited change writes its audit record in the same transaction as the change."""
+
+    def __init__(self, engine: Engine, *, audit: AuditLog | None = None) -> None:
         self.engine = engine
+        self.audit = audit
 
     # ------------------------------------------------------------------ orders
 
@@ -121,6 +129,7 @@ class SqlOrderStore:
                     )
                 )
                 conn.execute(insert(job_events).values(_event_values(event)))
+                self._audit_received(conn, order, job)
         except IntegrityError:
             existing = self.find_order(order.source, order.source_key)
             if existing is None or existing.id is None:
@@ -173,6 +182,11 @@ class SqlOrderStore:
         elif event.to_state is JobState.QUEUED:
             values.update(failure_code=None, failure_detail=None, retryable=False)
         with self.engine.begin() as conn:
+            before = conn.execute(
+                select(jobs.c.priority, orders.c.patient_ref, orders.c.study_instance_uid)
+                .join(orders, orders.c.id == jobs.c.order_id)
+                .where(jobs.c.id == event.job_id)
+            ).first()
             # Compare-and-set: the move only happens if nobody else moved the job since it was read.
             updated = conn.execute(
                 update(jobs).where(jobs.c.id == event.job_id, jobs.c.state == event.from_state.value).values(values)
@@ -183,9 +197,72 @@ class SqlOrderStore:
             if result is not None:
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))
                 conn.execute(insert(results).values(self._result_values(result)))
+            if before is not None:
+                self._audit_transition(conn, event, before, priority, result)
         job = self.get_job(event.job_id)
         assert job is not None
         return job
+
+    # ------------------------------------------------------------------ audit, inside the caller's transaction
+
+    def _audit_received(self, conn: Connection, order: ImagingOrder, job: Job) -> None:
+        if self.audit is None:
+            return
+        from ...compliance.audit import record_for_job_transition
+
+        record = record_for_job_transition(
+            job_id=job.id,
+            to_state=JobState.RECEIVED.value,
+            patient_ref=order.patient_ref,
+            study_instance_uid=order.study_instance_uid,
+            entities=tuple(r for r in (order.service_request_ref, order.imaging_study_ref) if r),
+            details={"order": order.id or "", "source": order.source},
+        )
+        if record is not None:
+            self.audit.append(conn, record)
+
+    def _audit_transition(
+        self,
+        conn: Connection,
+        event: JobEvent,
+        before: Row[Any],
+        priority: Priority | None,
+        result: TriageResult | None,
+    ) -> None:
+        if self.audit is None:
+            return
+        from ...compliance.audit import PRIORITY_CHANGED, AuditRecord, record_for_job_transition
+
+        details = (
+            {
+                "model": f"{result.model.name} {result.model.version}",
+                "model-sha256": result.model.sha256,
+                "priority": result.priority.code,
+            }
+            if result is not None
+            else {}
+        )
+        record = record_for_job_transition(
+            job_id=event.job_id,
+            to_state=event.to_state.value,
+            reason_code=event.reason_code,
+            retryable=event.data.get("retryable") == "true",
+            patient_ref=before.patient_ref,
+            study_instance_uid=before.study_instance_uid,
+            details=details,
+        )
+        if record is not None:
+            self.audit.append(conn, record)
+        if priority is not None and int(priority) != before.priority:
+            self.audit.append(
+                conn,
+                AuditRecord(
+                    PRIORITY_CHANGED,
+                    patient_ref=before.patient_ref,
+                    entities=(f"Task/{event.job_id}",),  # the FHIR door's Task id is the job id
+                    details={"job": event.job_id, "from": Priority(before.priority).code, "to": priority.code},
+                ),
+            )
 
     @staticmethod
     def _result_values(result: TriageResult) -> dict[str, Any]:
