@@ -6,9 +6,10 @@
 * service path: FHIR POST ImagingStudy → Task completed, through the real service (waitress, SQLite, inline
                 worker, the same DICOMweb source and model).
 
-Both run against a real Orthanc on loopback, started here. For each path it prints per-study latency (p50,
-p95, one study at a time) and sustained throughput (all studies submitted at once), then the ratios
-service/bare. Absolute times depend on the machine; the ratios are the figures to compare.
+Both run against a real Orthanc on loopback, started here, with the same model object shape (the service loads
+its own copy). For each path it prints per-study latency (p50, p95; one study at a time, the two paths
+interleaved study by study) and sustained throughput (all studies submitted at once; median of --rounds rounds,
+alternating paths), then the ratios service/bare. Absolute times depend on the machine; compare the ratios.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from pathlib import Path
 import pydicom
 import requests
 from pydicom.uid import generate_uid
-from radtriage.imaging.wrap import wrap_image_as_dicom
 
 from radtriage.app.config import load_settings
 from radtriage.app.demo import FHIR_JSON, DemoStudy, imaging_study, running_service
 from radtriage.app.factory import model_scorer_factory
 from radtriage.imaging.dicomweb_source import DicomwebStudySource
 from radtriage.imaging.selection import select_instance
+from radtriage.imaging.wrap import wrap_image_as_dicom
 from tests.support.data import SHARED_DATA, pydicom_data_dir
 from tests.support.orthanc import start_orthanc
 
@@ -64,58 +65,82 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bare_path(source: DicomwebStudySource, scorer, uids: list[str]) -> tuple[list[float], float]:
-    def one(uid: str) -> float:
+class BarePath:
+    """What one study costs without the service: find, retrieve, decode, preprocess, score."""
+
+    def __init__(self, source: DicomwebStudySource, scorer) -> None:
+        self.source, self.scorer = source, scorer
+
+    def one(self, uid: str) -> float:
         started = time.perf_counter()
-        chosen = select_instance(source.find_instances(uid))
-        scorer.score(scorer.prepare(source.retrieve_instance(chosen)))
+        chosen = select_instance(self.source.find_instances(uid))
+        self.scorer.score(self.scorer.prepare(self.source.retrieve_instance(chosen)))
         return time.perf_counter() - started
 
-    one(uids[0])  # warm-up: first-call costs (thread pools, allocator) are not per-study costs
-    latencies = [one(uid) for uid in uids]
-    started = time.perf_counter()
-    for uid in uids:
-        one(uid)
-    return latencies, len(uids) / (time.perf_counter() - started)
+    def batch(self, uids: list[str]) -> float:
+        started = time.perf_counter()
+        for uid in uids:
+            self.one(uid)
+        return len(uids) / (time.perf_counter() - started)
 
 
-def service_path(base: str, uids: list[str]) -> tuple[list[float], float]:
-    session = requests.Session()
-    counter = iter(range(10**6))
+class ServicePath:
+    """The same studies through the real service: FHIR POST ImagingStudy, then poll the Task until completed."""
 
-    def post(uid: str) -> str:
-        study = DemoStudy("benchmark", uid)
-        response = session.post(f"{base}/ImagingStudy", json=imaging_study(next(counter), study), headers=FHIR_JSON)
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.posted = 0
+
+    def post(self, uid: str) -> str:
+        self.posted += 1  # a new ImagingStudy id each time, so a re-post is a new order, not a duplicate
+        resource = imaging_study(self.posted, DemoStudy("benchmark", uid))
+        response = self.session.post(f"{self.base}/ImagingStudy", json=resource, headers=FHIR_JSON)
         response.raise_for_status()
         return str(response.json()["id"])
 
-    def wait(task_id: str) -> None:
+    def wait(self, task_id: str) -> None:
         while True:
-            status = session.get(f"{base}/Task/{task_id}", headers=FHIR_JSON).json()["status"]
+            status = self.session.get(f"{self.base}/Task/{task_id}", headers=FHIR_JSON).json()["status"]
             if status in ("completed", "failed", "cancelled"):
                 if status != "completed":
                     raise RuntimeError(f"Task {task_id} ended {status}")
                 return
             time.sleep(0.005)
 
-    def one(uid: str) -> float:
+    def one(self, uid: str) -> float:
         started = time.perf_counter()
-        wait(post(uid))
+        self.wait(self.post(uid))
         return time.perf_counter() - started
 
-    one(uids[0])
-    latencies = [one(uid) for uid in uids]
-    started = time.perf_counter()
-    task_ids = [post(uid) for uid in uids]  # re-posting the same study would be de-duplicated: ids differ
-    for task_id in task_ids:
-        wait(task_id)
-    return latencies, len(uids) / (time.perf_counter() - started)
+    def batch(self, uids: list[str]) -> float:
+        started = time.perf_counter()
+        task_ids = [self.post(uid) for uid in uids]  # all submitted at once: the queue is never empty
+        for task_id in task_ids:
+            self.wait(task_id)
+        return len(uids) / (time.perf_counter() - started)
+
+
+def measure(bare: BarePath, service: ServicePath, uids: list[str], rounds: int):
+    """Interleaved, so that a change in machine load hits both paths alike."""
+    bare.one(uids[0])  # warm-up: first-call costs (model threads, connections) are not per-study costs
+    service.one(uids[0])
+    bare_lat, service_lat = [], []
+    for uid in uids:
+        bare_lat.append(bare.one(uid))
+        service_lat.append(service.one(uid))
+    bare_rates, service_rates = [], []
+    for _ in range(rounds):
+        bare_rates.append(bare.batch(uids))
+        service_rates.append(service.batch(uids))
+    return bare_lat, service_lat, statistics.median(bare_rates), statistics.median(service_rates)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG chest X-rays")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (median reported)")
     args = parser.parse_args(argv)
 
     studies, described = make_studies(args.studies, args.images)
@@ -137,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                 orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password, timeout=30, attempts=1
             )
             scorer = model_scorer_factory(settings)()
-            bare_lat, bare_rate = bare_path(source, scorer, uids)
             with running_service(settings) as base:
-                service_lat, service_rate = service_path(base, uids)
+                bare_lat, service_lat, bare_rate, service_rate = measure(
+                    BarePath(source, scorer), ServicePath(base), uids, args.rounds
+                )
         finally:
             orthanc.stop()
 
