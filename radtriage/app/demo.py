@@ -189,7 +189,7 @@ def submit(base: str, n: int, study: DemoStudy) -> str:
     response.raise_for_status()
     bundle = response.json()
     for entry in bundle.get("entry", []):
-        location = entry.get("response", {}).get("location", "")
+        location = str(entry.get("response", {}).get("location", ""))
         if location.startswith("Task/"):
             return location.split("/")[1]
     raise RuntimeError("the service answered without a Task")

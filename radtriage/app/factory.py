@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
 
     from ..compliance.flask_auth import auth_blueprint, install_access_control
     from ..fhir.api import fhir_blueprint
+    from ..fhir.devices import models_from_results
 
     components = components or build_components(settings)
     app = Flask("radtriage")
@@ -167,5 +168,11 @@ def create_app(settings: Settings | None = None, components: Components | None =
     install_access_control(app, components.access)
     app.register_blueprint(auth_blueprint(), url_prefix="/auth")
     base_url = f"{components.settings.base_url.rstrip('/')}/fhir" if components.settings.base_url else None
-    app.register_blueprint(fhir_blueprint(components.service, base_url=base_url), url_prefix="/fhir")
+    fhir = fhir_blueprint(
+        components.service,
+        audit=components.audit,
+        find_model=models_from_results(components.store),
+        base_url=base_url,
+    )
+    app.register_blueprint(fhir, url_prefix="/fhir")
     return app

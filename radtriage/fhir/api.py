@@ -3,24 +3,44 @@
 The door maps and delegates: a body becomes an `ImagingOrder` through `mapping`, the order goes to
 `TriageService.submit_order`, and reads come from the service and its store. No business rule lives here.
 
-================================  ==========================================================================
-``POST /ImagingStudy``            an order for that study → ``201`` + the Task (``Location: Task/<id>``);
-``POST /ServiceRequest``          posting the same resource again → ``200`` + the same Task, nothing created
-``POST /``                        transaction Bundle of both → transaction-response Bundle
-``GET /Task/<id>``                the Task (status, priority, statusReason, output → DiagnosticReport)
-``GET /Task?status=&priority=``   searchset Bundle
-``GET /DiagnosticReport/<id>``    the preliminary report once the study is scored
-``GET /DiagnosticReport?...``     ``based-on``, ``subject``, ``status``
-``GET /Observation/<id>``         one finding
-``GET /metadata``                 CapabilityStatement generated from these routes
-================================  ==========================================================================
+======================================  ===================================================  ========================
+route                                   what                                                 scope (system/...)
+======================================  ===================================================  ========================
+``POST /ImagingStudy``                  an order for that study → ``201`` + its Task         ``ImagingStudy.c``
+``POST /ServiceRequest``                (``Location: Task/<id>``); the same resource again   ``ServiceRequest.c``
+                                        → ``200`` + the same Task, nothing created
+``POST /``                              transaction Bundle of both → transaction-response    ``.c`` of each entry type
+``GET /Task/<id>``, ``/Task?...``       the Task (status, priority, statusReason, output)    ``Task.r``, ``Task.s``
+``GET /DiagnosticReport/<id>``, ``?``   the preliminary report once the study is scored      ``DiagnosticReport.r/s``
+``GET /Observation/<id>``               one finding                                          ``Observation.r``
+``GET /Provenance/<id>``, ``?target=``  who made a result (the model's Device), from what    ``Provenance.r/s``
+``GET /Device/<id>``                    the model (name, version, weights' sha256)           ``Device.r``
+``GET /AuditEvent/<id>``, ``?...``      the audit trail, for the compliance role             ``AuditEvent.r/s``
+``GET /$audit-export?...``              the audit trail as NDJSON, Bundle or CSV             ``AuditEvent.rs``
+``GET /metadata``                       CapabilityStatement generated from these routes      (open)
+``GET /.well-known/smart-configuration``  SMART discovery: token endpoint, algorithms          (open)
+======================================  ===================================================  ========================
+
+Access control (`security`): with it on, a request without a valid bearer token is ``401`` and one whose token
+lacks the scope is ``403``, both an OperationOutcome with ``WWW-Authenticate`` and both audited. Auditing: every
+read and search of Tasks, DiagnosticReports, Observations, Provenances and AuditEvents writes an audit record
+naming the client, its address and the patient (one per patient for a search); orders are audited by the store
+in the transaction that stores them, attributed to the request's client. The AI-generated resources carry the
+``AIAST`` security label and reference the model's Device (`mapping`).
+
+``$audit-export`` (radtriage's operation, ``{RADTRIAGE_FHIR_BASE}/OperationDefinition/audit-export``) takes
+``format`` (``ndjson`` default, ``bundle``, ``csv``), ``start`` and ``end`` (FHIR date or dateTime with a zone,
+both inclusive), ``patient``, ``action`` (C R U D E), ``kind`` (a radtriage audit event code), ``client`` and
+``outcome`` (0 4 8 12). The body is the export of `radtriage.compliance.export` (records plus chain proof);
+headers ``X-Audit-Chain-Head-Id`` and ``X-Audit-Chain-Head-Hash`` give the chain head it is proven against and
+``X-Audit-Export-Record`` the id of the audit record of the export itself. A bad range or value is ``400``.
 
 Wire rules: bodies are ``application/fhir+json`` (``application/json`` is accepted inbound); another
 Content-Type is ``415``; a body that is not JSON is ``400``; every error is an OperationOutcome (`errors`),
 including unknown routes (404) and methods (405) under the door's prefix. Searches are strict (an unknown
 parameter is ``400``) unless the request carries ``Prefer: handling=lenient`` (R4 search 3.1.1.4.1), in which
-case unknown parameters are ignored and left out of the ``self`` link. Paging: ``_count`` (default 20, at most
-100) and ``_offset``.
+case unknown parameters are ignored and left out of the ``self`` link (AuditEvent searches are always strict).
+Paging: ``_count`` (default 20, at most 100) and ``_offset``.
 
 Logging names job ids, error codes and route patterns only: never a body, a query string or a patient
 reference.
@@ -28,11 +48,14 @@ reference.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -42,13 +65,29 @@ from werkzeug.exceptions import HTTPException
 from ..app.core.domain import ImagingOrder, Job, JobState, Priority, TriageResult
 from ..app.core.errors import ErrorCode, TriageError
 from ..app.core.service import TriageService
+from ..compliance.audit import (
+    AUDIT_EXPORTED,
+    AUDIT_READ,
+    RESULT_READ,
+    AuditOutcome,
+    AuditRecord,
+    EventKind,
+    current_audit_context,
+)
+from ..compliance.audit_store import AuditLog, AuditQueryError, StoredAuditEvent
+from ..compliance.auth import AuthError
+from ..compliance.export import ExportFormat, export_audit, filter_from_fhir_search
+from ..compliance.flask_auth import refusal_response, require_scope, smart_configuration_view
 from . import mapping, terminology
-from .capability import Route, SearchParam, capability_statement
+from .capability import Operation, Route, SearchParam, Security, capability_statement
+from .devices import ModelLookup
 from .errors import RETRY_AFTER_SECONDS, http_outcome, operation_outcome
+from .security import ReadAuditor, Returned, access_control, authenticated, demand_scope, with_request_context
 
 log = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
+View = Callable[..., Response]
 
 FHIR_JSON: Final = "application/fhir+json"
 #: Request media types read as FHIR JSON (``application/json+fhir`` is the DSTU2 name some clients still send).
@@ -62,6 +101,19 @@ _RESULT_PARAMS: Final = frozenset({"_count", "_offset", "_format", "_pretty"})
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: Job states in which a result exists (it is stored with the move to `scored`).
 _STATES_WITH_RESULT: Final = frozenset({JobState.SCORED, JobState.PUBLISHING, JobState.COMPLETED, JobState.FAILED})
+#: What a Provenance search's ``target`` may name: a resource the model authored (relative or absolute).
+_PROVENANCE_TARGET = re.compile(r"(?:https?://\S+/)?(DiagnosticReport|Observation|Task)/([A-Za-z0-9\-.]{1,64})")
+#: Entry types a transaction may hold, each needing its own create scope.
+_TRANSACTION_TYPES: Final = ("ImagingStudy", "ServiceRequest")
+
+AUDIT_EXPORT: Final = Operation("audit-export", f"{terminology.RADTRIAGE_FHIR_BASE}/OperationDefinition/audit-export")
+#: Query parameters of ``$audit-export`` (see the module docstring).
+EXPORT_FILTERS: Final = ("start", "end", "patient", "action", "kind", "client", "outcome")
+EXPORT_PARAMS: Final = ("format", *EXPORT_FILTERS)
+#: An export is written to a temporary file first (its chain head goes in a header, before the body); up to this
+#: size it stays in memory.
+_EXPORT_SPOOL_BYTES: Final = 8 * 1024 * 1024
+_EXPORT_EXTENSIONS: Final = {ExportFormat.NDJSON: "ndjson", ExportFormat.BUNDLE: "json", ExportFormat.CSV: "csv"}
 
 _SP = "http://hl7.org/fhir/SearchParameter"
 SEARCH_PARAMS: Final[dict[str, tuple[SearchParam, ...]]] = {
@@ -81,39 +133,94 @@ SEARCH_PARAMS: Final[dict[str, tuple[SearchParam, ...]]] = {
         ),
         SearchParam("status", "token", f"{_SP}/DiagnosticReport-status", "every report here is 'preliminary'"),
     ),
+    "Provenance": (
+        SearchParam(
+            "target",
+            "reference",
+            f"{_SP}/Provenance-target",
+            "DiagnosticReport/<id>, Observation/<id> or Task/<id>: the Provenance of that result",
+        ),
+    ),
+    "AuditEvent": (
+        SearchParam("date", "date", f"{_SP}/AuditEvent-date", "recorded; prefixes eq ge gt le lt, repeatable"),
+        SearchParam(
+            "patient", "reference", f"{_SP}/AuditEvent-patient", "Patient/<id> (or the bare id) or system|value"
+        ),
+        SearchParam("action", "token", f"{_SP}/AuditEvent-action", "C | R | U | D | E"),
+        SearchParam("subtype", "token", f"{_SP}/AuditEvent-subtype", "a radtriage audit event code, e.g. result-read"),
+        SearchParam("agent", "reference", f"{_SP}/AuditEvent-agent", "the client id of the agent"),
+        SearchParam("outcome", "token", f"{_SP}/AuditEvent-outcome", "0 | 4 | 8 | 12"),
+    ),
 }
 
 
-def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Blueprint:
-    """The FHIR door over `service`. `base_url` fixes the base used in links; by default it is the request's."""
+def fhir_blueprint(
+    service: TriageService,
+    *,
+    audit: AuditLog,
+    find_model: ModelLookup,
+    base_url: str | None = None,
+) -> Blueprint:
+    """The FHIR door over `service`.
+
+    `audit` receives the records of reads and searches and serves AuditEvent; `find_model` resolves
+    ``Device/<id>`` (`devices.models_from_results`); `base_url` fixes the base used in links (by default it is
+    the request's). Access control is whatever the app installed (`flask_auth.install_access_control`).
+    """
     blueprint = Blueprint("fhir", __name__)
     prefixes: list[str] = []
     blueprint.record(lambda state: prefixes.append((state.url_prefix or "").rstrip("/")))
+    auditor = ReadAuditor(audit)
 
     def fhir_base() -> str:
         if base_url:
             return base_url.rstrip("/")
         return url_for(".capabilities", _external=True).removesuffix("/metadata")
 
+    def refusals_audited(kind: EventKind, resource_type: str) -> Callable[[View], View]:
+        """Audit a read that fails (an unknown id is worth recording: someone looked for it)."""
+
+        def decorate(view: View) -> View:
+            @functools.wraps(view)
+            def audited(**kwargs: str) -> Response:
+                try:
+                    return view(**kwargs)
+                except TriageError as error:
+                    auditor.refused_read(kind, resource_type, next(iter(kwargs.values()), ""), error)
+                    raise
+
+            return audited
+
+        return decorate
+
     # ------------------------------------------------------------------ orders in
+
+    def submit(order: ImagingOrder) -> tuple[JsonObject, Job, bool]:
+        task, job, created = _submit(service, order)
+        if not created:  # the answer is the existing Task as it is now: a read of its result
+            patient_ref = service.order(job.order_id).patient_ref
+            auditor.read(RESULT_READ, Returned(f"Task/{job.id}", patient_ref), request="create of a known order")
+        return task, job, created
 
     def post_imaging_study() -> Response:
         """Accepts the ImagingStudy as a triage order and returns its Task; the study itself is not stored."""
         order = mapping.order_from_imaging_study(_read_json_body())
-        return _created_or_existing(*_submit(service, order), fhir_base())
+        return _created_or_existing(*submit(order), fhir_base())
 
     def post_service_request() -> Response:
         """Accepts the ServiceRequest (with the study UID in its identifier) as a triage order; returns its Task."""
         order = mapping.order_from_service_request(_read_json_body())
-        return _created_or_existing(*_submit(service, order), fhir_base())
+        return _created_or_existing(*submit(order), fhir_base())
 
     def post_transaction() -> Response:
         """Transaction of ServiceRequest and ImagingStudy entries; every entry's response is its order's Task."""
         body = _read_json_body()
+        for resource_type in _entry_types(body):  # authorisation before any other look at the content
+            demand_scope(f"system/{resource_type}.c")
         found = mapping.orders_from_transaction(body)  # checks every entry before anything is stored
         responses: dict[int, mapping.EntryResponse] = {}
         for item in found:
-            task, job, created = _submit(service, item.order)
+            task, job, created = submit(item.order)
             response = mapping.EntryResponse(
                 status="201 Created" if created else "200 OK",
                 location=f"Task/{job.id}",
@@ -125,12 +232,16 @@ def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Bl
         bundle = mapping.transaction_response([responses[i] for i in sorted(responses)], base_url=fhir_base())
         return _fhir_response(bundle)
 
-    # ------------------------------------------------------------------ reads
+    # ------------------------------------------------------------------ reads of results
 
+    @refusals_audited(RESULT_READ, "Task")
     def read_task(task_id: str) -> Response:
         """The Task of one order (id = job id)."""
         job = service.job(_checked_id(task_id, "Task"))
-        return _fhir_response(_task(service, job))
+        order = service.order(job.order_id)
+        task = _task(service, job, order=order)
+        auditor.read(RESULT_READ, Returned(f"Task/{job.id}", order.patient_ref))
+        return _fhir_response(task)
 
     def search_tasks() -> Response:
         """Tasks, most urgent first, then oldest first."""
@@ -148,16 +259,21 @@ def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Bl
                 offset=offset,
                 limit=max(count, 1),
             )
-        resources = [_task(service, job) for job in jobs[:count]]
+        resources, returned = [], []
+        for job in jobs[:count]:
+            order = service.order(job.order_id)
+            resources.append(_task(service, job, order=order))
+            returned.append(Returned(f"Task/{job.id}", order.patient_ref))
+        auditor.search(RESULT_READ, returned)
         return _searchset("Task", resources, total, args, count, offset, fhir_base())
 
+    @refusals_audited(RESULT_READ, "DiagnosticReport")
     def read_report(report_id: str) -> Response:
         """The preliminary DiagnosticReport of a scored job (id = job id)."""
-        job = service.job(_checked_id(report_id, "DiagnosticReport"))
-        result = service.result(job.id)
-        if result is None:
-            raise TriageError(ErrorCode.NOT_FOUND, "no DiagnosticReport with this id (the study is not scored yet)")
-        return _fhir_response(mapping.diagnostic_report(service.order(job.order_id), job, result))
+        job, order, result = _scored(service, _checked_id(report_id, "DiagnosticReport"), "DiagnosticReport")
+        report = mapping.diagnostic_report(order, job, result)
+        auditor.read(RESULT_READ, Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
+        return _fhir_response(report)
 
     def search_reports() -> Response:
         """DiagnosticReports, newest first."""
@@ -179,24 +295,143 @@ def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Bl
                 offset=offset,
                 limit=max(count, 1),
             )
-        resources = []
+        resources, returned = [], []
         for result in results[:count]:
             job = service.job(result.job_id)
-            resources.append(mapping.diagnostic_report(service.order(job.order_id), job, result))
+            order = service.order(job.order_id)
+            resources.append(mapping.diagnostic_report(order, job, result))
+            returned.append(Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
+        auditor.search(RESULT_READ, returned, searched_patient=patient_ref)
         return _searchset("DiagnosticReport", resources, total, args, count, offset, fhir_base())
 
+    @refusals_audited(RESULT_READ, "Observation")
     def read_observation(observation_id: str) -> Response:
         """One finding of a scored job: id ``<job id>-<n>``, n counting from 1 in the model's label order."""
         parsed = mapping.parse_observation_id(_checked_id(observation_id, "Observation"))
         if parsed is None:
             raise TriageError(ErrorCode.NOT_FOUND, "no Observation with this id")
         job_id, n = parsed
-        job = service.job(job_id)
-        result = service.result(job.id)
-        resource = mapping.observation(service.order(job.order_id), job, result, n) if result else None
+        job, order, result = _scored(service, job_id, "Observation")
+        resource = mapping.observation(order, job, result, n)
         if resource is None:
             raise TriageError(ErrorCode.NOT_FOUND, "no Observation with this id")
+        auditor.read(RESULT_READ, Returned(f"Observation/{resource['id']}", order.patient_ref))
         return _fhir_response(resource)
+
+    # ------------------------------------------------------------------ provenance of AI output
+
+    @refusals_audited(RESULT_READ, "Provenance")
+    def read_provenance(provenance_id: str) -> Response:
+        """The Provenance of a result (id = job id): the model's Device as author, the study and order as sources."""
+        job, order, result = _scored(service, _checked_id(provenance_id, "Provenance"), "Provenance")
+        resource = mapping.provenance(order, job, result)
+        auditor.read(RESULT_READ, Returned(f"Provenance/{job.id}", order.patient_ref))
+        return _fhir_response(resource)
+
+    def search_provenance() -> Response:
+        """Provenances, newest result first; ``target`` selects the one of a report, Observation or Task."""
+        args = _search_args("Provenance")
+        target = _single_value(args.get("target", []), "target")
+        count, offset = _paging()
+        found: list[tuple[ImagingOrder, Job, TriageResult]] = []
+        total = 0
+        if target is not None:
+            scored = _provenance_target(service, target)
+            total = 1 if scored else 0
+            found = [scored] if scored and offset == 0 and count > 0 else []
+        else:
+            results, total = service.store.list_results(offset=offset, limit=max(count, 1))
+            for result in results[:count]:
+                job = service.job(result.job_id)
+                found.append((service.order(job.order_id), job, result))
+        resources = [mapping.provenance(order, job, result) for order, job, result in found]
+        auditor.search(RESULT_READ, [Returned(f"Provenance/{job.id}", order.patient_ref) for order, job, _ in found])
+        return _searchset("Provenance", resources, total, args, count, offset, fhir_base())
+
+    def read_device(device_id: str) -> Response:
+        """The model as a Device: name, version and the sha256 of its weights (id ``model-<sha256 prefix>``)."""
+        model = find_model(_checked_id(device_id, "Device"))
+        if model is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no Device with this id")
+        return _fhir_response(mapping.device(model))
+
+    # ------------------------------------------------------------------ the audit trail (compliance role)
+
+    @refusals_audited(AUDIT_READ, "AuditEvent")
+    def read_audit_event(event_id: str) -> Response:
+        """One audit record, as the FHIR AuditEvent it was stored as."""
+        event = audit.get(int(event_id)) if event_id.isdigit() and len(event_id) <= 18 else None
+        if event is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no AuditEvent with this id")
+        auditor.read(AUDIT_READ, Returned(f"AuditEvent/{event.id}", event.patient_ref))
+        return _fhir_response(event.resource())
+
+    def search_audit_events() -> Response:
+        """Audit records, newest first, by date range, patient, action, subtype, agent (client) and outcome."""
+        known = {p.name for p in SEARCH_PARAMS["AuditEvent"]} | _RESULT_PARAMS
+        if any(name not in known for name in request.args):  # strict: a search must never return more than asked
+            raise AuditQueryError(
+                "unknown search parameter for AuditEvent; supported: "
+                + ", ".join(sorted(p.name for p in SEARCH_PARAMS["AuditEvent"]))
+                + ", _count, _offset"
+            )
+        args = {
+            name: [v for v in request.args.getlist(name) if v.strip()]
+            for name in request.args
+            if not name.startswith("_")
+        }
+        args = {name: values for name, values in args.items() if values}
+        if "patient" in args:
+            args["patient"] = [_patient_search_value(v) for v in args["patient"]]
+        if not any(v.startswith(("lt", "le")) for v in args.get("date", [])):
+            # Pin the search to the trail as it is now, so that paging (newest first, by offset) does not shift
+            # as records arrive, such as the one this very search writes. The page links carry the pin.
+            args.setdefault("date", []).append("lt" + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        audit_filter = filter_from_fhir_search(args)
+        count, offset = _paging()
+        events, total = audit.search(audit_filter, offset=offset, limit=max(count, 1))
+        shown: list[StoredAuditEvent] = events[:count]
+        auditor.search(
+            AUDIT_READ,
+            [Returned(f"AuditEvent/{e.id}", e.patient_ref) for e in shown],
+            searched_patient=audit_filter.patient,
+            one_record=True,  # one per search: a record per patient would flood the trail it is reading
+        )
+        return _searchset("AuditEvent", [e.resource() for e in shown], total, args, count, offset, fhir_base())
+
+    def export_audit_trail() -> Response:
+        """$audit-export: the audit trail as FHIR NDJSON, a Bundle or CSV, with the proof of its chain head."""
+        export_format, filters = _export_values(audit)
+        spool = tempfile.SpooledTemporaryFile(max_size=_EXPORT_SPOOL_BYTES, mode="w+", encoding="utf-8")
+        try:
+            # export_audit audits the export, or its refusal (a bad range), itself.
+            summary = export_audit(audit, spool, fmt=export_format, context=current_audit_context(), **filters)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+
+        def chunks() -> Iterator[str]:
+            while data := spool.read(64 * 1024):
+                yield data
+
+        response = Response(
+            chunks(),
+            content_type=f"{summary.format.media_type}; charset=utf-8",
+            headers={
+                "X-Audit-Chain-Head-Id": str(summary.head.id),
+                "X-Audit-Chain-Head-Hash": summary.head.hash,
+                "X-Audit-Export-Record": str(summary.audit_record_id),
+                "Content-Disposition": (
+                    f'attachment; filename="audit-{summary.head.id}.{_EXPORT_EXTENSIONS[summary.format]}"'
+                ),
+                "Cache-Control": "no-store",
+            },
+        )
+        response.call_on_close(spool.close)
+        return response
+
+    # ------------------------------------------------------------------ discovery (open)
 
     def capabilities() -> Response:
         """This CapabilityStatement."""
@@ -210,23 +445,62 @@ def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Bl
             for rule in current_app.url_map.iter_rules()
             if rule.endpoint.startswith(f"{request.blueprint}.") and rule.rule.startswith(prefix)
         ]
-        return _fhir_response(capability_statement(routes, search_params=SEARCH_PARAMS, base_url=fhir_base()))
+        access = access_control()
+        security = Security(
+            token_url=access.token_url if access is not None else None,
+            smart_configuration_url=f"{fhir_base()}/.well-known/smart-configuration",
+        )
+        statement = capability_statement(
+            routes,
+            search_params=SEARCH_PARAMS,
+            base_url=fhir_base(),
+            operations={AUDIT_EXPORT.name: AUDIT_EXPORT},
+            security=security,
+        )
+        return _fhir_response(statement)
 
-    routes: Sequence[tuple[str, Callable[..., Response], list[str]]] = (
-        ("/", post_transaction, ["POST"]),
-        ("/ImagingStudy", post_imaging_study, ["POST"]),
-        ("/ServiceRequest", post_service_request, ["POST"]),
-        ("/Task", search_tasks, ["GET"]),
-        ("/Task/<task_id>", read_task, ["GET"]),
-        ("/DiagnosticReport", search_reports, ["GET"]),
-        ("/DiagnosticReport/<report_id>", read_report, ["GET"]),
-        ("/Observation/<observation_id>", read_observation, ["GET"]),
-        ("/metadata", capabilities, ["GET"]),
+    def smart_configuration() -> Response:
+        """SMART App Launch 2.x discovery (``.well-known/smart-configuration``): token endpoint, algorithms, scopes."""
+        return smart_configuration_view()
+
+    # ------------------------------------------------------------------ routing
+
+    #: (rule, view, method, the SMART scope it needs: None = open, "" = per transaction entry, see above)
+    routes: Sequence[tuple[str, Callable[..., Response], str, str | None]] = (
+        ("/", post_transaction, "POST", ""),
+        ("/ImagingStudy", post_imaging_study, "POST", "system/ImagingStudy.c"),
+        ("/ServiceRequest", post_service_request, "POST", "system/ServiceRequest.c"),
+        ("/Task", search_tasks, "GET", "system/Task.s"),
+        ("/Task/<task_id>", read_task, "GET", "system/Task.r"),
+        ("/DiagnosticReport", search_reports, "GET", "system/DiagnosticReport.s"),
+        ("/DiagnosticReport/<report_id>", read_report, "GET", "system/DiagnosticReport.r"),
+        ("/Observation/<observation_id>", read_observation, "GET", "system/Observation.r"),
+        ("/Provenance", search_provenance, "GET", "system/Provenance.s"),
+        ("/Provenance/<provenance_id>", read_provenance, "GET", "system/Provenance.r"),
+        ("/Device/<device_id>", read_device, "GET", "system/Device.r"),
+        ("/AuditEvent", search_audit_events, "GET", "system/AuditEvent.s"),
+        ("/AuditEvent/<event_id>", read_audit_event, "GET", "system/AuditEvent.r"),
+        ("/$audit-export", export_audit_trail, "GET", "system/AuditEvent.rs"),
+        ("/metadata", capabilities, "GET", None),
+        ("/.well-known/smart-configuration", smart_configuration, "GET", None),
     )
-    for rule, view, methods in routes:
-        blueprint.add_url_rule(rule, view.__name__, _negotiated(view), methods=methods, strict_slashes=False)
+    for rule, view, method, scope in routes:
+        guarded = view
+        if scope is not None:
+            guarded = with_request_context(guarded)
+        if view is not export_audit_trail and view is not smart_configuration:  # those choose their own media type
+            guarded = _negotiated(guarded)
+        if scope == "":
+            guarded = authenticated(guarded)
+        elif scope is not None:
+            guarded = require_scope(scope)(guarded)
+        blueprint.add_url_rule(rule, view.__name__, guarded, methods=[method], strict_slashes=False)
 
     # ------------------------------------------------------------------ errors: always an OperationOutcome
+
+    @blueprint.errorhandler(AuthError)
+    def auth_error(error: AuthError) -> Response:
+        return refusal_response(error)  # 401/403 with WWW-Authenticate; already audited by AccessControl
 
     @blueprint.errorhandler(TriageError)
     def triage_error(error: TriageError) -> Response:
@@ -263,6 +537,93 @@ def fhir_blueprint(service: TriageService, *, base_url: str | None = None) -> Bl
 
 
 # ====================================================================================== helpers
+
+
+def _scored(service: TriageService, job_id: str, resource_type: str) -> tuple[Job, ImagingOrder, TriageResult]:
+    """The job, order and result behind a result resource; NOT_FOUND until the study is scored."""
+    job = service.job(job_id)
+    result = service.result(job.id)
+    if result is None:
+        raise TriageError(ErrorCode.NOT_FOUND, f"no {resource_type} with this id (the study is not scored yet)")
+    return job, service.order(job.order_id), result
+
+
+def _provenance_target(service: TriageService, target: str) -> tuple[ImagingOrder, Job, TriageResult] | None:
+    """The scored job whose Provenance has `target` among its targets, or None."""
+    match = _PROVENANCE_TARGET.fullmatch(target)
+    if match is None:
+        raise TriageError(
+            ErrorCode.INVALID_INPUT,
+            "target must be DiagnosticReport/<id>, Observation/<id> or Task/<id>",
+            location="target",
+        )
+    resource_type, resource_id = match.groups()
+    job_id = resource_id
+    if resource_type == "Observation":
+        parsed = mapping.parse_observation_id(resource_id)
+        if parsed is None:
+            return None
+        job_id = parsed[0]
+    try:
+        job, order, result = _scored(service, job_id, resource_type)
+    except TriageError as error:
+        if error.code is ErrorCode.NOT_FOUND:
+            return None
+        raise
+    if f"{resource_type}/{resource_id}" not in mapping.provenance_targets(job, result):
+        return None
+    return order, job, result
+
+
+def _entry_types(body: Any) -> list[str]:
+    """The resource types among a transaction's entries that need a create scope (read leniently)."""
+    entries = body.get("entry") if isinstance(body, dict) else None
+    found = {
+        entry["resource"].get("resourceType")
+        for entry in entries or []
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+    }
+    return [t for t in _TRANSACTION_TYPES if t in found]
+
+
+def _patient_search_value(value: str) -> str:
+    """A patient search value as audit records hold it: a bare id becomes ``Patient/<id>``."""
+    value = value.strip()
+    return f"Patient/{value}" if _FHIR_ID.fullmatch(value) else value
+
+
+def _export_values(audit: AuditLog) -> tuple[str, dict[str, str | None]]:
+    """The $audit-export format and filters; an unknown or repeated parameter is refused (400), and audited.
+
+    The refusal names no parameter the client made up: error locations are logged, and a name can be anything.
+    """
+    problem: str | None = None
+    location: str | None = None
+    for name in request.args:
+        if name not in EXPORT_PARAMS:
+            problem, location = "unknown $audit-export parameter", None
+        elif len(request.args.getlist(name)) > 1:
+            problem, location = "each $audit-export parameter may be given once", name
+    if problem is not None:
+        audit.record(
+            AuditRecord.in_context(
+                AUDIT_EXPORTED,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                outcome_description=ErrorCode.INVALID_INPUT.value,
+                purpose_of_use=_export_purpose(),
+            )
+        )
+        raise AuditQueryError(problem, location=location)
+    filters: dict[str, str | None] = {name: request.args.get(name) or None for name in EXPORT_FILTERS}
+    if filters["patient"]:
+        filters["patient"] = _patient_search_value(filters["patient"])
+    return request.args.get("format") or ExportFormat.NDJSON.value, filters
+
+
+def _export_purpose() -> str:
+    """The purpose of use of an export: the client's, else health compliance (as `export_audit` records it)."""
+    context = current_audit_context()
+    return (context.purpose_of_use if context else None) or "HCOMPL"
 
 
 def _submit(service: TriageService, order: ImagingOrder) -> tuple[JsonObject, Job, bool]:

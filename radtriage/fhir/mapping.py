@@ -47,6 +47,13 @@ resource that does not validate cannot leave). Ids: Task and DiagnosticReport sh
 ``n`` (1-based, in the model's label order) of a job is ``<job id>-<n>``. Probabilities are UCUM ``1``
 (dimensionless, 0..1) so the value is the model's number, not a rescaled one. Whenever the model is the
 untrained placeholder every resource says so loudly (conclusion, notes and a ``meta.tag``).
+
+AI transparency (HL7 AI Transparency on FHIR, via `radtriage.compliance.provenance`): every resource the model's
+output shaped (the DiagnosticReport, its Observations, and the Task once it carries a result) has the ``AIAST``
+security label in ``meta.security``. The model is a ``Device`` (`device`, id ``model-<first 32 hex digits of
+the weights' sha256>``) that ``Observation.device``, ``Task.owner`` and the DiagnosticReport's model extension
+reference, and one ``Provenance`` per result (`provenance`, id = job id) names that Device as author of the
+report, the Observations and the Task, with the ImagingStudy and the ServiceRequest as its sources.
 """
 
 from __future__ import annotations
@@ -68,8 +75,9 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 from pydantic import ValidationError
 
-from ..app.core.domain import FindingScore, ImagingOrder, Job, JobState, Priority, TriageResult
+from ..app.core.domain import FindingScore, ImagingOrder, Job, JobState, ModelIdentity, Priority, TriageResult
 from ..app.core.errors import ErrorCode, TriageError
+from ..compliance.provenance import device_id, device_resource, label_ai_asserted, provenance_resource
 from . import terminology as t
 
 JsonObject = dict[str, Any]
@@ -574,8 +582,11 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
             task["output"].append(
                 {"type": _triage_concept("priority-reason", "Why this priority"), "valueString": result.priority_reason}
             )
-    if result is not None and result.model.placeholder:
-        task["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
+    if result is not None:
+        # The model decided the Task's priority and produced its output (R4 Task.owner may be a Device).
+        task["owner"] = device_reference(result.model)
+        if result.model.placeholder:
+            task["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
     return _dump(Task, task)
 
 
@@ -666,7 +677,7 @@ def _observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, fi
             }
         ],
         "device": {
-            "display": f"{result.model.name} {result.model.version}",
+            **device_reference(result.model),
             "identifier": {"system": t.MODEL_SHA256_SYSTEM, "value": result.model.sha256},
         },
         "referenceRange": [
@@ -682,6 +693,44 @@ def _observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, fi
     if result.model.placeholder:
         resource["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
     return _dump(Observation, resource)
+
+
+# ---------------------------------------------------------------------------------- the model and provenance
+
+
+def device_reference(model: ModelIdentity) -> JsonObject:
+    """A Reference to the model's Device (served at ``Device/<id>``), with its name and version as display."""
+    return {"reference": f"Device/{device_id(model)}", "display": f"{model.name} {model.version}"}
+
+
+def device(model: ModelIdentity) -> JsonObject:
+    """The model as a FHIR Device: name, version and the weights' sha256 (`compliance.provenance.device_resource`)."""
+    built: JsonObject = device_resource(model).model_dump(mode="json", exclude_none=True)
+    return built
+
+
+def provenance_targets(job: Job, result: TriageResult) -> list[str]:
+    """What the model authored for one job: the DiagnosticReport, every Observation and the Task."""
+    observations_made = [f"Observation/{observation_id(job.id, n)}" for n in range(1, len(result.findings) + 1)]
+    return [f"DiagnosticReport/{job.id}", *observations_made, f"Task/{job.id}"]
+
+
+def provenance(order: ImagingOrder, job: Job, result: TriageResult) -> JsonObject:
+    """The Provenance of one result (id = job id), after HL7 AI Transparency on FHIR's AI-Provenance pattern.
+
+    Author: the model's Device. Sources: the ImagingStudy (its FHIR id when the EHR gave one, else its Study
+    Instance UID as ``urn:dicom:uid`` identifier) and the ServiceRequest when the order came as one.
+    """
+    study = order.imaging_study_ref or f"{t.DICOM_UID_SYSTEM}|{t.OID_PREFIX}{order.study_instance_uid}"
+    built: JsonObject = provenance_resource(
+        provenance_targets(job, result),
+        f"Device/{device_id(result.model)}",
+        study_ref=study,
+        order_ref=order.service_request_ref,
+        recorded=result.created_at or job.updated_at,
+        resource_id=job.id,
+    ).model_dump(mode="json", exclude_none=True)
+    return built
 
 
 # ---------------------------------------------------------------------------------- Bundles
@@ -781,13 +830,16 @@ def _failure_reason(job: Job) -> JsonObject:
 
 
 def _meta(last_updated: datetime | None, result: TriageResult | None) -> JsonObject:
+    """``lastUpdated``; with a result, the AIAST label and, for the placeholder model, its tag."""
     meta: JsonObject = {}
     if last_updated is not None:
         meta["lastUpdated"] = _instant(last_updated)
-    if result is not None and result.model.placeholder:
-        meta["tag"] = [
-            {"system": t.TRIAGE_SYSTEM, "code": "untrained-placeholder", "display": "Untrained placeholder model"}
-        ]
+    if result is not None:
+        label_ai_asserted({"meta": meta})
+        if result.model.placeholder:
+            meta["tag"] = [
+                {"system": t.TRIAGE_SYSTEM, "code": "untrained-placeholder", "display": "Untrained placeholder model"}
+            ]
     return meta
 
 
@@ -800,6 +852,8 @@ def _model_extension(result: TriageResult) -> JsonObject:
             {"url": "version", "valueString": model.version},
             {"url": "sha256", "valueString": model.sha256},
             {"url": "placeholder", "valueBoolean": model.placeholder},
+            # R4 DiagnosticReport.performer cannot be a Device, so the extension carries the reference.
+            {"url": "device", "valueReference": device_reference(model)},
         ],
     }
 

@@ -146,6 +146,8 @@ class OrderContext:
     sending_application: tuple[str, ...] = ()
     sending_facility: tuple[str, ...] = ()
     patient_identifiers: tuple[tuple[str, ...], ...] = ()  # PID-3 repetitions, components unescaped
+    #: PID-5 (first repetition): echoed so that messages to the RIS carry the required PID-5. Patient data.
+    patient_name: tuple[str, ...] = ()
     placer_order_number: tuple[str, ...] = ()  # EI components
     filler_order_number: tuple[str, ...] = ()
     universal_service_id: tuple[str, ...] = ()  # OBR-4 components
@@ -160,6 +162,7 @@ class OrderContext:
             "sending_application": list(self.sending_application),
             "sending_facility": list(self.sending_facility),
             "patient_identifiers": [list(r) for r in self.patient_identifiers],
+            "patient_name": list(self.patient_name),
             "placer_order_number": list(self.placer_order_number),
             "filler_order_number": list(self.filler_order_number),
             "universal_service_id": list(self.universal_service_id),
@@ -176,6 +179,7 @@ class OrderContext:
             sending_application=tuple(data.get("sending_application", ())),
             sending_facility=tuple(data.get("sending_facility", ())),
             patient_identifiers=tuple(tuple(r) for r in data.get("patient_identifiers", ())),
+            patient_name=tuple(data.get("patient_name", ())),
             placer_order_number=tuple(data.get("placer_order_number", ())),
             filler_order_number=tuple(data.get("filler_order_number", ())),
             universal_service_id=tuple(data.get("universal_service_id", ())),
@@ -427,6 +431,7 @@ def _read_order(
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
         patient_identifiers=patient_ids,
+        patient_name=_components(pid, 5) if pid is not None else (),
         placer_order_number=placer,
         filler_order_number=filler,
         universal_service_id=procedure,

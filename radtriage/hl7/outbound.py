@@ -1,16 +1,16 @@
 """Messages to the RIS: the new priority of a triaged order, and optionally the findings.
 
 * ORM^O01 with ORC-1 = XO (change order), in the version the order arrived in (2.3.1 by default): the priority
-  in ORC-7.6 and OBR-27.6 (quantity/timing, TQ), or TQ1-9 from v2.5 on, where TQ is kept for backward
-  compatibility only.
+  in ORC-7.6 and OBR-27.6 (quantity/timing, TQ). ORM^O01 has no TQ1 segment in any version, so this holds
+  for ORM in v2.5 too.
 * OMI^O23 (v2.5.1, or 2.5), ORC-1 = XO: the priority in TQ1-9; IPC repeats accession, requested procedure id,
   Study Instance UID and scheduled procedure step id.
 * ORU^R01 (optional): one OBX with the triage priority, one with the Study Instance UID, one per finding with
   its probability and whether it reached the model's operating point, the model's identity in OBX-17 and an
   NTE that says what the result is and is not.
 
-Emitted strictly (`er7` escapes every value). PID carries only the identifiers (PID-3), never a name: the
-service does not keep one, and the RIS matches on identifiers and order numbers.
+Emitted strictly (`er7` escapes every value). PID carries the identifiers (PID-3) and the name (PID-5, which
+HL7 requires) exactly as the RIS sent them; nothing else about the patient.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _msh(options: OutboundOptions, message_type: tuple[str, ...], control_id: st
 
 def _pid(context: OrderContext) -> str:
     ids: list[er7.FieldRepetition] = [tuple(r) for r in context.patient_identifiers]
-    return er7.encode_segment("PID", ["1", None, ids or None])
+    return er7.encode_segment("PID", ["1", None, ids or None, None, context.patient_name or None])
 
 
 def _priority_code(priority: Priority, options: OutboundOptions) -> tuple[str, str, str]:
@@ -133,7 +133,9 @@ def priority_update(
     """ORM^O01 XO or OMI^O23 XO carrying `priority` (the caller makes sure it is never below the order's)."""
     control_id = control_id or new_control_id()
     version = _version(options.style, context)
-    modern = _modern(version)
+    # OMI carries the priority in TQ1-9. ORM^O01 never gained a TQ1 segment (it was frozen when TQ1 came in
+    # v2.5), so ORM keeps it in ORC-7.6 / OBR-27.6 in every version.
+    modern = options.style is OutboundStyle.OMI
     code = _priority_code(priority, options)
     placer = context.placer_order_number or None
     filler = context.filler_order_number or None
@@ -222,15 +224,15 @@ def result_report(
         ),
     ]
     obx: list[list[er7.FieldValue]] = [
-        [coded, ("PRIORITY", "Triage priority", LOCAL_CODING_SYSTEM), None, _priority_code(priority, options)],
-        ["ST", DICOM_STUDY_INSTANCE_UID, None, order.study_instance_uid],
+        [coded, ("PRIORITY", "Triage priority", LOCAL_CODING_SYSTEM), "1", _priority_code(priority, options)],
+        ["ST", DICOM_STUDY_INSTANCE_UID, "1", order.study_instance_uid],
     ]
     for finding in result.findings:
         obx.append(
             [
                 "NM",
                 (finding.label, finding.label, LOCAL_CODING_SYSTEM),
-                None,
+                "1",  # OBX-4 sub-id: each OBX-3 appears once
                 f"{finding.probability:.3f}",
                 None,
                 f"<{finding.threshold:.3f}",  # OBX-7: below the operating point counts as negative

@@ -144,10 +144,8 @@ class OutboxStore:
         with self.engine.connect() as conn:
             return [_message(r) for r in conn.execute(query)]
 
-    def deliverable(self, now: datetime, limit: int = 100) -> list[OutboxMessage]:
-        """Messages to send now, oldest first: each patient's oldest unsent message, if it is pending and due.
-
-        A parked message blocks the later messages of its patient until a person releases or discards it."""
+    def _heads(self) -> list[tuple[int, str, datetime | None]]:
+        """(id, state, next attempt) of each patient's oldest message not yet sent or discarded."""
         open_states = (OutboxState.PENDING.value, OutboxState.PARKED.value)
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -158,12 +156,17 @@ class OutboxStore:
         heads: dict[str, tuple[int, str, datetime | None]] = {}
         for row in rows:
             heads.setdefault(row.patient_key, (row.id, row.state, _utc(row.next_attempt_at)))
+        return sorted(heads.values())
+
+    def deliverable(self, now: datetime, limit: int = 100) -> list[OutboxMessage]:
+        """Messages to send now, oldest first: each patient's oldest unsent message, if it is pending and due.
+
+        A parked message blocks the later messages of its patient until a person releases or discards it."""
         due = [
             message_id
-            for message_id, state, at in heads.values()
+            for message_id, state, at in self._heads()
             if state == OutboxState.PENDING.value and (at is None or at <= now)
         ]
-        due.sort()
         messages = []
         for message_id in due[:limit]:
             message = self.get(message_id)
@@ -172,14 +175,9 @@ class OutboxStore:
         return messages
 
     def next_due(self) -> datetime | None:
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                select(hl7_outbox.c.next_attempt_at)
-                .where(hl7_outbox.c.state == OutboxState.PENDING.value)
-                .order_by(hl7_outbox.c.next_attempt_at)
-                .limit(1)
-            ).scalar()
-        return _utc(value)
+        """When the next message may be sent (messages waiting behind another of their patient's do not count)."""
+        times = [at for _, state, at in self._heads() if state == OutboxState.PENDING.value and at is not None]
+        return min(times, default=None)
 
     def mark_sent(self, message_id: int, at: datetime) -> None:
         self._set(message_id, at, state=OutboxState.SENT.value, sent_at=at, last_error=None)
@@ -391,19 +389,26 @@ class OutboxSender:
         return max(0.0, min(self.poll_interval, (due - self.clock.now()).total_seconds()))
 
     def deliver_due(self) -> int:
-        """Send every message that is due now, in order; stops at the first transport failure (the RIS is
-        probably down: its other messages would fail too). Returns how many were accepted."""
+        """Send every message that is due now, in order, including a patient's next message once the one
+        before it is accepted. Stops at the first transport failure (the RIS is probably down: its other
+        messages would fail too). Returns how many were accepted."""
         accepted = 0
-        for message in self.store.deliverable(self.clock.now()):
-            if self._stop.is_set():
+        tried: set[int] = set()  # each message at most once per call, whatever the backoff settings
+        while not self._stop.is_set():
+            batch = [m for m in self.store.deliverable(self.clock.now()) if m.id not in tried]
+            if not batch:
                 break
-            outcome = self._deliver(message)
-            if outcome is AckOutcome.ACCEPTED:
-                accepted += 1
-            if outcome is AckOutcome.NO_ANSWER:
-                self._link_failures += 1
-                break
-            self._link_failures = 0
+            for message in batch:
+                if self._stop.is_set():
+                    break
+                tried.add(message.id)
+                outcome = self._deliver(message)
+                if outcome is AckOutcome.NO_ANSWER:
+                    self._link_failures += 1
+                    return accepted
+                self._link_failures = 0
+                if outcome is AckOutcome.ACCEPTED:
+                    accepted += 1
         return accepted
 
     def _deliver(self, message: OutboxMessage) -> AckOutcome:

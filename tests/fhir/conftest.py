@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -49,10 +50,10 @@ def fhir_scorer(tmp_path_factory: pytest.TempPathFactory) -> XrvScorer:
 
 
 @contextmanager
-def running_components(home: Path, studies: Studies, scorer: XrvScorer) -> Iterator[Components]:
-    """The service with its worker running, on a fresh SQLite database under `home`."""
-    settings = Settings(home=str(home), database_url=f"sqlite:///{home / 'radtriage.sqlite3'}")
-    built = build_components(settings, scorer_factory=lambda: scorer, study_source=FolderStudySource(studies.root))
+def running_components(home: Path, studies: Studies, scorer: XrvScorer, **settings: Any) -> Iterator[Components]:
+    """The service with its worker running, on a fresh SQLite database under `home` (`settings` override)."""
+    configured = Settings(home=str(home), database_url=f"sqlite:///{home / 'radtriage.sqlite3'}", **settings)
+    built = build_components(configured, scorer_factory=lambda: scorer, study_source=FolderStudySource(studies.root))
     built.start()
     try:
         yield built

@@ -6,6 +6,7 @@ Every body the door sends is checked against the FHIR R4 JSON Schema and parsed 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -215,6 +216,73 @@ def test_studies_that_cannot_be_analysed_fail_with_a_coded_reason(
     assert "output" not in task
     outcome = get(client, f"/fhir/DiagnosticReport/{task['id']}", fhir_schema_path, status=404)
     assert outcome["issue"][0]["code"] == "not-found"
+
+
+# ---------------------------------------------------------------------------------- provenance and audit
+
+
+def test_provenance_and_the_model_device_resolve_for_a_result(
+    client: FlaskClient, studies: Studies, fhir_schema_path: Path, fhir_scorer: Any
+) -> None:
+    task = poll_task(
+        client, submit(client, "/ImagingStudy", imaging_study(studies.chest), fhir_schema_path)["id"], fhir_schema_path
+    )
+    job_id = task["id"]
+    report = get(client, f"/fhir/DiagnosticReport/{job_id}", fhir_schema_path)
+    [model] = [e for e in report["extension"] if e["url"] == terminology.MODEL_EXTENSION_URL]
+    device_ref = next(e["valueReference"]["reference"] for e in model["extension"] if e["url"] == "device")
+    device = get(client, f"/fhir/{device_ref}", fhir_schema_path)
+    assert device["version"] == [{"value": fhir_scorer.identity.version}]
+    assert device["meta"]["tag"][0]["code"] == "untrained-placeholder"  # the placeholder says so here too
+
+    provenance = get(client, f"/fhir/Provenance/{job_id}", fhir_schema_path)
+    for target, total in [
+        (f"DiagnosticReport/{job_id}", 1),
+        (f"Task/{job_id}", 1),
+        (f"Observation/{job_id}-1", 1),
+        (f"http://elsewhere.test/fhir/Observation/{job_id}-2", 1),
+        (f"Observation/{job_id}-{len(report['result']) + 1}", 0),
+        ("Task/0123abc", 0),
+    ]:
+        found = get(client, f"/fhir/Provenance?target={target}", fhir_schema_path)
+        assert found["total"] == total, target
+        if total:
+            assert found["entry"][0]["resource"] == provenance
+    assert get(client, "/fhir/Provenance", fhir_schema_path)["total"] == 1
+    for bad in ("Patient/p1", "abc", f"DiagnosticReport/{job_id},Task/{job_id}"):
+        get(client, f"/fhir/Provenance?target={bad}", fhir_schema_path, status=400)
+    get(client, "/fhir/Device/model-" + "0" * 32, fhir_schema_path, status=404)
+    get(client, "/fhir/Device/not-a-model", fhir_schema_path, status=404)
+    get(client, "/fhir/Provenance/0123abc", fhir_schema_path, status=404)
+
+
+def test_reads_are_audited_with_access_control_off(
+    client: FlaskClient, components: Components, studies: Studies, fhir_schema_path: Path
+) -> None:
+    """Development mode still audits: the client is unknown, its address is not."""
+    from radtriage.compliance.audit_store import AuditFilter
+
+    for n, patient in enumerate(("Patient/p1", "Patient/p2")):
+        submit(
+            client, "/ImagingStudy", imaging_study(studies.chest, study_id=f"is-{n}", patient=patient), fhir_schema_path
+        )
+    assert components.queue.wait_idle(60)
+    assert get(client, "/fhir/DiagnosticReport?status=preliminary", fhir_schema_path)["total"] == 2
+    get(client, "/fhir/DiagnosticReport/0123abc", fhir_schema_path, status=404)
+
+    records, _ = components.audit.search(AuditFilter(kind="result-read"))
+    by_patient = {r.patient_ref: r for r in records if r.outcome == 0}
+    assert set(by_patient) == {"Patient/p1", "Patient/p2"}  # a search: one record per patient it returned
+    for record in by_patient.values():
+        resource = record.resource()
+        assert record.client_id is None and record.action == "E"
+        assert "127.0.0.1" in json.dumps(resource["agent"])
+        [query] = [e["query"] for e in resource["entity"] if "query" in e]
+        assert base64.b64decode(query).decode() == "/fhir/DiagnosticReport?status=preliminary"
+    [missing] = [r for r in records if r.outcome == 4]
+    assert missing.action == "R" and "DiagnosticReport/0123abc" in missing.resource_text
+    assert "not-found" in missing.resource_text
+    assert components.audit.verify().ok
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -487,29 +555,47 @@ def test_metadata_lists_exactly_the_routes_that_exist(app: Flask, client: FlaskC
     [rest] = statement["rest"]
     declared = {(r["type"], i["code"]) for r in rest["resource"] for i in r["interaction"]}
     declared |= {("*", i["code"]) for i in rest.get("interaction", [])}
+    declared |= {("*", f"${o['name']}") for o in rest.get("operation", [])}
 
     # Independently of capability.py: what Flask actually routes under /fhir.
     routed = set()
+    not_interactions = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith("/fhir") or rule.rule == "/fhir/metadata":
+        if not rule.rule.startswith("/fhir") or rule.rule in not_interactions:
             continue
         parts = [p for p in rule.rule.removeprefix("/fhir").split("/") if p]
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
             if not parts:
                 routed.add(("*", {"POST": "transaction"}[method]))
+            elif parts[0].startswith("$"):
+                routed.add(("*", parts[0]))
             elif len(parts) == 1:
                 routed.add((parts[0], {"POST": "create", "GET": "search-type"}[method]))
             else:
                 routed.add((parts[0], {"GET": "read"}[method]))
     assert declared == routed
     assert ("Observation", "search-type") not in declared  # not served, so not claimed
+    assert {("Device", "read"), ("Provenance", "read"), ("Provenance", "search-type")} <= declared
+    assert {("AuditEvent", "read"), ("AuditEvent", "search-type"), ("*", "$audit-export")} <= declared
+    [operation] = rest["operation"]
+    assert operation["definition"] == f"{terminology.RADTRIAGE_FHIR_BASE}/OperationDefinition/audit-export"
 
     search_params = {r["type"]: {p["name"] for p in r.get("searchParam", [])} for r in rest["resource"]}
     assert search_params["Task"] == {"status", "priority"}
     assert search_params["DiagnosticReport"] == {"based-on", "subject", "status"}
+    assert search_params["Provenance"] == {"target"}
+    assert search_params["AuditEvent"] == {"date", "patient", "action", "subtype", "agent", "outcome"}
     # What the statement declares, the server accepts (strictly: an undeclared one would be a 400).
     get(client, "/fhir/Task?status=ready&priority=stat", fhir_schema_path)
     get(client, "/fhir/DiagnosticReport?based-on=ServiceRequest/x&subject=Patient/x&status=final", fhir_schema_path)
+    get(client, "/fhir/Provenance?target=DiagnosticReport/x", fhir_schema_path)
+    get(
+        client,
+        "/fhir/AuditEvent?date=ge2025-01-01&patient=x&action=R&subtype=result-read&agent=ehr-1&outcome=0",
+        fhir_schema_path,
+    )
+    # With access control off the statement says so, and claims no SMART security.
+    assert "OFF" in rest["security"]["description"] and "service" not in rest["security"]
 
 
 # ---------------------------------------------------------------------------------- failures inside the server

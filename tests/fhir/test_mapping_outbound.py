@@ -35,6 +35,13 @@ FINDINGS = (
     FindingScore("Lung Opacity", 0.2, 0.5),
     FindingScore("Pneumothorax", 0.4, 0.4),  # exactly at the operating point: positive
 )
+#: HL7 AI Transparency's label for AI-asserted content (v3-ObservationValue AIAST).
+AIAST = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "AIAST",
+    "display": "Artificial Intelligence asserted",
+}
+DEVICE_REF = "Device/model-" + "ab" * 16
 RESULT = TriageResult(
     job_id=JOB_ID,
     findings=FINDINGS,
@@ -82,7 +89,14 @@ def test_completed_task_points_at_its_report(fhir_schema_path: Path) -> None:
     assert reports == [{"reference": f"DiagnosticReport/{JOB_ID}"}]
     assert "statusReason" not in task
     assert "UNTRAINED PLACEHOLDER" in task["note"][0]["text"]
+    assert task["meta"]["security"] == [AIAST]  # its priority and output come from the model
+    assert task["owner"] == {"reference": DEVICE_REF, "display": "xrv-densenet121-placeholder 0.0.0"}
     assert_valid_fhir(task, fhir_schema_path)
+
+
+def test_a_task_without_a_result_claims_no_ai_content() -> None:
+    task = mapping.task_resource(replace(JOB, state=JobState.QUEUED), ORDER, None)
+    assert "security" not in task["meta"] and "owner" not in task
 
 
 def test_failed_task_has_a_coded_reason_and_no_output(fhir_schema_path: Path) -> None:
@@ -141,7 +155,14 @@ def test_diagnostic_report(fhir_schema_path: Path) -> None:
     model = {
         e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in report["extension"][0]["extension"]
     }
-    assert model == {"name": PLACEHOLDER.name, "version": "0.0.0", "sha256": "ab" * 32, "placeholder": True}
+    assert model == {
+        "name": PLACEHOLDER.name,
+        "version": "0.0.0",
+        "sha256": "ab" * 32,
+        "placeholder": True,
+        "device": {"reference": DEVICE_REF, "display": "xrv-densenet121-placeholder 0.0.0"},
+    }
+    assert AIAST in report["meta"]["security"]
     assert_valid_fhir(report, fhir_schema_path)
 
 
@@ -179,8 +200,10 @@ def test_one_observation_per_finding(fhir_schema_path: Path) -> None:
     assert effusion["basedOn"] == [{"reference": "ServiceRequest/sr-1"}]
     assert effusion["subject"] == {"reference": "Patient/p1"}
     assert effusion["device"]["identifier"]["value"] == "ab" * 32
+    assert effusion["device"]["reference"] == DEVICE_REF
     assert "UNTRAINED PLACEHOLDER" in effusion["note"][0]["text"]
     for resource in resources:
+        assert resource["meta"]["security"] == [AIAST]
         assert_valid_fhir(resource, fhir_schema_path)
 
 
@@ -209,6 +232,41 @@ def test_subject_given_by_identifier_goes_out_as_a_logical_reference(fhir_schema
     report = mapping.diagnostic_report(order, JOB, RESULT)
     assert report["subject"] == {"type": "Patient", "identifier": {"system": "urn:example:mrn", "value": "MRN-1"}}
     assert_valid_fhir(report, fhir_schema_path)
+
+
+def test_the_model_is_a_device_that_every_ai_resource_references(fhir_schema_path: Path) -> None:
+    device = mapping.device(TRAINED)
+    assert f"Device/{device['id']}" == mapping.device_reference(TRAINED)["reference"]
+    assert device["identifier"] == [{"system": terminology.MODEL_SHA256_SYSTEM, "value": "cd" * 32}]
+    assert device["deviceName"][0]["name"] == "radtriage-cxr" and device["version"] == [{"value": "1.0.0"}]
+    assert_valid_fhir(device, fhir_schema_path)
+    result = replace(RESULT, model=TRAINED)
+    references = {
+        mapping.task_resource(JOB, ORDER, result)["owner"]["reference"],
+        *(o["device"]["reference"] for o in mapping.observations(ORDER, JOB, result)),
+    }
+    assert references == {f"Device/{device['id']}"}
+
+
+def test_the_provenance_of_a_result(fhir_schema_path: Path) -> None:
+    provenance = mapping.provenance(ORDER, JOB, RESULT)
+    assert provenance["id"] == JOB_ID
+    assert [t["reference"] for t in provenance["target"]] == [
+        f"DiagnosticReport/{JOB_ID}",
+        *(f"Observation/{JOB_ID}-{n}" for n in (1, 2, 3)),
+        f"Task/{JOB_ID}",
+    ]
+    assert provenance["recorded"].startswith("2025-03-01T08:30:02")
+    assert [a["who"] for a in provenance["agent"]] == [{"reference": DEVICE_REF}]
+    assert [e["what"] for e in provenance["entity"]] == [
+        {"reference": "ImagingStudy/is-1"},
+        {"reference": "ServiceRequest/sr-1"},
+    ]
+    assert_valid_fhir(provenance, fhir_schema_path)
+    # An order known only by its study UID (no FHIR ids): the study is named by identifier, no ServiceRequest.
+    bare = replace(ORDER, imaging_study_ref=None, service_request_ref=None)
+    [entity] = mapping.provenance(bare, JOB, RESULT)["entity"]
+    assert entity["what"]["identifier"] == {"system": "urn:dicom:uid", "value": f"urn:oid:{UID}"}
 
 
 def test_searchset_and_transaction_response_bundles(fhir_schema_path: Path) -> None:

@@ -97,7 +97,9 @@ class RisPeer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever(), which must have been started
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:

@@ -86,6 +86,10 @@ class OrderStore(Protocol):
 
     def unfinished_job_ids(self) -> list[str]: ...
 
+    def find_model(self, sha256_prefix: str) -> ModelIdentity | None:
+        """A model that produced a stored result, by the start of its weights' sha256 (models outlive reloads)."""
+        ...
+
 
 class StudySource(Protocol):
     """Where the pixels come from: a PACS over DICOMweb, or a folder."""

@@ -225,7 +225,7 @@ class SqlOrderStore:
         self,
         conn: Connection,
         event: JobEvent,
-        before: Row[Any],
+        before: Row[Any, Any, Any],
         priority: Priority | None,
         result: TriageResult | None,
     ) -> None:
@@ -342,6 +342,16 @@ class SqlOrderStore:
                 query.order_by(results.c.created_at.desc(), results.c.job_id).offset(offset).limit(limit)
             ).all()
         return [_result_from_row(r) for r in rows], total
+
+    def find_model(self, sha256_prefix: str) -> ModelIdentity | None:
+        columns = (results.c.model_name, results.c.model_version, results.c.model_sha256, results.c.model_placeholder)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*columns).where(results.c.model_sha256.startswith(sha256_prefix)).limit(1)
+            ).first()
+        if row is None:
+            return None
+        return ModelIdentity(row.model_name, row.model_version, row.model_sha256, bool(row.model_placeholder))
 
     def unfinished_job_ids(self) -> list[str]:
         terminal = [s.value for s in JobState if s.is_terminal]
