@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from sqlalchemy import Engine
 
 from ..app.config import Settings
+from ..app.core.service import TriageService
 from .handlers import OrderReceiver, ReceiverSettings
 from .mapping import ReaderOptions
 from .mllp import MLLPClient, MLLPServer, PeerAllowList, client_ssl_context, server_ssl_context
@@ -15,10 +18,21 @@ from .outbox import HL7ResultPublisher, OutboxSender, OutboxStore, PublishOption
 from .priority_map import load_priority_map
 from .store import HL7Store
 
-if TYPE_CHECKING:
-    from ..app.factory import Components
-
 log = logging.getLogger(__name__)
+
+
+class ServiceComponents(Protocol):
+    """What the door needs from the composition root (`radtriage.app.factory.Components` has it). A
+    protocol, so that this package does not import the factory, which imports the other doors."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def service(self) -> TriageService: ...
 
 
 def _hd(text: str) -> tuple[str, ...]:
@@ -60,7 +74,7 @@ class HL7Door:
 
 
 def build_hl7_door(
-    components: Components, settings: Settings | None = None, *, listen_port: int | None = None
+    components: ServiceComponents, settings: Settings | None = None, *, listen_port: int | None = None
 ) -> HL7Door:
     """The HL7 door on top of the service's components.
 

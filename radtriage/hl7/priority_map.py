@@ -159,9 +159,9 @@ class PriorityMap:
             "|---|---|---|---|---|",
         ]
         for fhir, hl7_in, hl7_out, dicom_in, dicom_out in self.rows():
-            hl7_read = ", ".join(
-                hl7_in + (["T…"] if "T" in hl7_in else []) + (["(empty)"] if fhir == "routine" else [])
-            )
+            extra = ["TS*n*, TM*n*, TH*n*, TD*n*, TW*n*, TL*n*"] if "T" in hl7_in else []
+            extra += ["(empty)"] if fhir == "routine" else []
+            hl7_read = ", ".join(hl7_in + extra)
             lines.append(f"| {fhir} | {hl7_read} | {hl7_out} | {', '.join(dicom_in)} | {dicom_out} |")
         return "\n".join(lines)
 

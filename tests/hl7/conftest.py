@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import hl7
 import pytest
@@ -16,7 +17,7 @@ from radtriage.hl7.door import HL7Door, build_hl7_door
 from tests.hl7.ris import RisPeer
 
 #: Short limits so that the timeout tests take a fraction of a second.
-FAST = {
+FAST: dict[str, Any] = {
     "mllp_idle_timeout": 1.5,
     "mllp_read_timeout": 0.4,
     "mllp_max_message_bytes": 32 * 1024,
@@ -40,7 +41,7 @@ def components(settings: Settings) -> Iterator[Components]:
     built.close()
 
 
-def start_door(components: Components, **overrides: object) -> HL7Door:
+def start_door(components: Components, **overrides: Any) -> HL7Door:
     door = build_hl7_door(components, replace(components.settings, **overrides), listen_port=0)
     door.start()
     return door

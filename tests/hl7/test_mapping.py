@@ -6,7 +6,7 @@ import pytest
 
 from radtriage.app.core.domain import Priority
 from radtriage.hl7 import er7
-from radtriage.hl7.ack import ErrorCondition, Location
+from radtriage.hl7.ack import ErrorCondition, Hl7Issue, Location
 from radtriage.hl7.mapping import (
     DecodeError,
     OrderControl,
@@ -22,7 +22,7 @@ from tests.hl7.messages import omi, orm, segment
 PRODUCTION = frozenset({"P"})
 
 
-def read(payload: bytes, options: ReaderOptions | None = None) -> tuple[list[OrderRequest], list]:
+def read(payload: bytes, options: ReaderOptions | None = None) -> tuple[list[OrderRequest], list[Hl7Issue]]:
     text, _ = decode_message(payload)
     message = er7.parse(text)
     return read_orders(message, read_header(message), options or ReaderOptions())

@@ -119,9 +119,12 @@ def server() -> Iterator[MLLPServer]:
 
 def receive_frames(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
     sock.settimeout(timeout)
-    decoder, frames = MLLPDecoder(), []
+    decoder, frames = MLLPDecoder(), list[bytes]()
     while len(frames) < count:
-        data = sock.recv(65536)
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:  # closed by the server before reading what was sent
+            break
         if not data:
             break
         frames += [e.payload for e in decoder.feed(data) if isinstance(e, Frame)]

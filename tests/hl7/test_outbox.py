@@ -23,6 +23,7 @@ from radtriage.hl7.mllp import MLLPClient
 from radtriage.hl7.outbound import OutboundOptions, OutboundStyle, order_identity, priority_update
 from radtriage.hl7.outbox import (
     HL7ResultPublisher,
+    OutboxMessage,
     OutboxSender,
     OutboxState,
     OutboxStore,
@@ -260,7 +261,7 @@ def test_ae_parks_the_message_and_holds_back_that_patients_later_ones(
 
     assert send.deliver_due() == 1  # A1 parked; A2 waits behind it; B1 goes
     assert [str(r.message.segment("ORC")(2)(1)(1)) for r in ris.received] == ["A1", "B1"]
-    states = {m.order_id: m for m in outbox.messages()}
+    states: dict[str | None, OutboxMessage] = {m.order_id: m for m in outbox.messages()}
     parked = states[first.id]
     assert parked.state is OutboxState.PARKED and (parked.last_error or "").startswith("AE")
     assert states[second.id].state is OutboxState.PENDING

@@ -4,7 +4,9 @@ The clients are python-hl7's: `hl7.client.MLLPClient` and its `mllp_send` comman
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -422,3 +424,36 @@ def test_broken_messages_over_one_connection_each_get_the_right_answer(door: HL7
     answers = send(door, *(payload for payload, _ in BROKEN), omi("GOOD"))
     assert [ack_code(a) for a in answers] == [code for _, code in BROKEN] + ["AA"]
     assert order_count(components) == 1
+
+
+def test_a_frame_cut_short_by_the_next_one_is_dropped_and_the_next_answered(
+    door: HL7Door, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert door.port
+    with socket.create_connection(("127.0.0.1", door.port)) as sock:
+        sock.sendall(b"\x0b" + orm("CUT")[:80] + frame(orm("WHOLE")))
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+    assert ack_code(answer) == "AA" and msa2(answer) == "WHOLE"
+    assert "cut short" in caplog.text
+
+
+PATIENT_DATA = ["Doe", "John", "PAT1001", "ACC1001", "PL1001", "1.2.826.0.1.3680043.10.543.1001", "Springfield"]
+
+
+def test_no_patient_data_in_the_logs(door: HL7Door, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="radtriage")
+    send(
+        door,
+        orm("L1"),
+        orm("L2"),  # a second order message for the same order
+        orm("L1"),  # a repeat
+        orm("L3", control="CA"),
+        orm("L4", placer="PL1001X", priority="Q"),
+        orm("L5", study_uid="1.2.826.0.1.3680043.10.543.1001.9x"),
+        orm("L6").replace(b"2.3.1", b"9.9"),
+        orm("L7", charset="8859/1", patient_name="Doe^Jöhn"),
+    )
+    assert caplog.records
+    for value in PATIENT_DATA:
+        assert value not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -67,7 +68,7 @@ def test_the_migration_creates_exactly_the_declared_tables(engine: Engine) -> No
 def test_the_answer_to_a_message_is_kept_once(engine: Engine) -> None:
     store = HL7Store(engine)
     assert store.find_answer("RIS^HOSP", "C1") is None
-    values = {"sender": "RIS^HOSP", "control_id": "C1", "message_code": "ORM^O01", "at": T0}
+    values: dict[str, Any] = {"sender": "RIS^HOSP", "control_id": "C1", "message_code": "ORM^O01", "at": T0}
     first = store.record_answer(**values, payload_sha256="a" * 64, ack_code="AA", ack="MSA|AA|C1")
     later = store.record_answer(**values, payload_sha256="b" * 64, ack_code="AE", ack="MSA|AE|C1")
     assert later == first and store.find_answer("RIS^HOSP", "C1") == first
