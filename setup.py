@@ -8,6 +8,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["radtriage", "radtriage.*"]),
     include_package_data=True,
-    package_data={"radtriage": ["**/*.json", "**/*.toml", "**/*.ini", "**/*.mako", "**/*.md", "**/*.pt"]},
+    package_data={
+        "radtriage": ["**/*.json", "**/*.toml", "**/*.ini", "**/*.mako", "**/*.md", "**/*.pt", "**/*.csv", "**/*.png"]
+    },
     entry_points={"console_scripts": ["radtriage = radtriage.cli:main"]},
 )

@@ -94,6 +94,14 @@ class OrderReceiver:
     def answer(self, payload: bytes, *, oversize_bytes: int | None = None) -> str:
         """The ACK for one received payload, as text to encode in Latin-1. Never raises.
 
+        Text the ACK quotes from a message body decoded in another charset (e.g. CP1252 in an ERR message) may
+        hold characters Latin-1 lacks; they become "?" rather than breaking the answer."""
+        text = self._answer(payload, oversize_bytes=oversize_bytes)
+        return text.encode("latin-1", errors="replace").decode("latin-1")
+
+    def _answer(self, payload: bytes, *, oversize_bytes: int | None = None) -> str:
+        """The ACK itself.
+
         The ACK's own text is ASCII; what it echoes from the message's MSH (MSH-3/4 as MSH-5/6, MSH-10 as
         MSA-2) was read from the raw bytes as Latin-1, so encoding the ACK in Latin-1 gives back the sender's
         exact bytes whatever its character set."""

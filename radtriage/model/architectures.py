@@ -56,6 +56,8 @@ from radtriage.app.core.errors import ErrorCode, TriageError
 
 from ._xrv import import_xrv
 from .artefact import ModelManifest, sha256_hex, unpickling_failure, write_artefact
+from .networks.efficientnet_lite0 import build_efficientnet_lite0
+from .networks.efficientnet_lite0 import cam_forward as _efficientnet_lite0_cam_forward
 from .preprocessing import PREPROCESSING_VERSION
 
 XRV_DENSENET121 = "xrv-densenet121"
@@ -97,10 +99,12 @@ def _xrv_densenet_cam_forward(network: nn.Module, x: torch.Tensor) -> tuple[torc
 
 ARCHITECTURES: dict[str, Architecture] = {
     XRV_DENSENET121: Architecture(XRV_DENSENET121, _build_xrv_densenet121, _xrv_densenet_cam_forward),
+    # ImageNet-pretrained transfer-learning start that needs no network (the shipped default model).
+    EFFICIENTNET_LITE0: Architecture(EFFICIENTNET_LITE0, build_efficientnet_lite0, _efficientnet_lite0_cam_forward),
 }
 
 #: Named in the design but not implemented in this version; asking for one gives a clear refusal.
-PLANNED_ARCHITECTURES: frozenset[str] = frozenset({EFFICIENTNET_LITE0})
+PLANNED_ARCHITECTURES: frozenset[str] = frozenset()
 
 
 def architecture(name: str) -> Architecture:

@@ -457,3 +457,14 @@ def test_no_patient_data_in_the_logs(door: HL7Door, caplog: pytest.LogCaptureFix
     assert caplog.records
     for value in PATIENT_DATA:
         assert value not in caplog.text
+
+
+def test_an_ack_quoting_cp1252_text_still_encodes_for_the_wire(components: Components) -> None:
+    """Found by the property test above: a message type holding byte 0x9F (CP1252 "Ÿ") broke the ACK's encoding."""
+    payload = (
+        b"MSH|^~\\&|RIS|HOSP|RADTRIAGE|HOSP|20261130080000||ORM^O\x9f1|MSG00001|P|2.3.1\r"
+        b"PID|||PAT1001^^^HOSP^MR||Doe^John\r"
+    )
+    answer = build_hl7_door(components).receiver.answer(payload)
+    answer.encode("latin-1")
+    assert str(hl7.parse(answer).segment("MSA")(1)) in ("AE", "AR")

@@ -45,6 +45,13 @@ class OrderStore(Protocol):
 
     def get_order(self, order_id: str) -> ImagingOrder | None: ...
 
+    def update_order(self, order: ImagingOrder, *, job_states: Sequence[JobState]) -> tuple[ImagingOrder, Job]:
+        """Replace a stored order's fields (found by `order.id`) and raise its job's priority to the order's.
+
+        Only while the job is in one of `job_states` (checked in the same transaction); else CONFLICT.
+        """
+        ...
+
     def find_order(self, source: str, source_key: str) -> ImagingOrder | None: ...
 
     def get_job(self, job_id: str) -> Job | None: ...
@@ -57,6 +64,7 @@ class OrderStore(Protocol):
         """Move a job from `event.from_state` to `event.to_state`, store the event (and result) atomically.
 
         Raises `TriageError(CONFLICT)` when the job is no longer in `event.from_state` (another worker moved it).
+        A `priority` lower than the job's current one is ignored: the store never lowers a job's priority.
         """
         ...
 

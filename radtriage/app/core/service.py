@@ -89,6 +89,28 @@ class TriageService:
             self.queue.enqueue(stored_job.id)
         return stored_order, stored_job, created
 
+    def update_order(self, order: ImagingOrder) -> tuple[ImagingOrder, Job]:
+        """Apply a change the ordering system made to an order it already sent (HL7 XO, FHIR update).
+
+        The priority can only go up (the higher of old and new); the study can change only before the job has
+        started fetching it. Returns the stored order and its job.
+        """
+        stored = self.store.find_order(order.source, order.source_key)
+        job = self.store.job_for_order(stored.id) if stored and stored.id else None
+        if stored is None or job is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no such order")
+        if job.state.is_terminal:
+            raise TriageError(ErrorCode.CONFLICT, f"the job is already {job.state.value}")
+        merged = replace(
+            order,
+            id=stored.id,
+            received_at=stored.received_at,
+            requested_priority=max(order.requested_priority, stored.requested_priority),
+        )
+        study_changed = merged.study_instance_uid != stored.study_instance_uid
+        states = (S.RECEIVED, S.QUEUED) if study_changed else tuple(s for s in JobState if not s.is_terminal)
+        return self.store.update_order(merged, job_states=states)
+
     def cancel_order(self, source: str, source_key: str, reason: str = "cancelled by the ordering system") -> Job:
         order = self.store.find_order(source, source_key)
         job = self.store.job_for_order(order.id) if order and order.id else None

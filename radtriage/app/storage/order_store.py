@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Row, func, insert, select, update
+from sqlalchemy import Engine, Row, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..core.domain import (
@@ -153,6 +153,53 @@ class SqlOrderStore:
             ).first()
         return _order_from_row(row) if row else None
 
+    def update_order(self, order: ImagingOrder, *, job_states: Sequence[JobState]) -> tuple[ImagingOrder, Job]:
+        assert order.id, "update_order needs the stored order's id"
+        changed = {
+            name: getattr(order, name)
+            for name in _ORDER_FIELDS
+            if name not in ("id", "source", "source_key", "received_at")
+        }
+        changed["requested_priority"] = int(order.requested_priority)
+        with self.engine.begin() as conn:
+            before = conn.execute(
+                select(jobs.c.id, jobs.c.priority, orders.c.patient_ref)
+                .join(orders, orders.c.id == jobs.c.order_id)
+                .where(orders.c.id == order.id)
+            ).first()
+            if before is None:
+                raise TriageError(ErrorCode.NOT_FOUND, "no such order")
+            new_priority = max(int(order.requested_priority), before.priority)
+            # The state check and both updates are one transaction, so a worker cannot start in between.
+            moved = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == before.id, jobs.c.state.in_([s.value for s in job_states]))
+                .values(priority=new_priority)
+            )
+            if moved.rowcount != 1:
+                raise TriageError(ErrorCode.CONFLICT, "the order can no longer be changed at this stage")
+            conn.execute(update(orders).where(orders.c.id == order.id).values(changed))
+            if self.audit is not None and new_priority != before.priority:
+                from ...compliance.audit import PRIORITY_CHANGED, AuditRecord
+
+                self.audit.append(
+                    conn,
+                    AuditRecord(
+                        PRIORITY_CHANGED,
+                        patient_ref=before.patient_ref,
+                        entities=(f"Task/{before.id}",),
+                        details={
+                            "job": before.id,
+                            "from": Priority(before.priority).code,
+                            "to": Priority(new_priority).code,
+                            "by": "order update",
+                        },
+                    ),
+                )
+        stored_order, job = self.get_order(order.id), self.get_job(before.id)
+        assert stored_order is not None and job is not None
+        return stored_order, job
+
     # ------------------------------------------------------------------ jobs
 
     def get_job(self, job_id: str) -> Job | None:
@@ -170,7 +217,8 @@ class SqlOrderStore:
     ) -> Job:
         values: dict[str, Any] = {"state": event.to_state.value, "updated_at": event.at}
         if priority is not None:
-            values["priority"] = int(priority)
+            # Never lower: an update (HL7 XO) may have raised the job's priority while it was being scored.
+            values["priority"] = case((jobs.c.priority > int(priority), jobs.c.priority), else_=int(priority))
         if event.to_state is JobState.FETCHING:
             values["attempts"] = jobs.c.attempts + 1
         if event.to_state is JobState.FAILED:
@@ -253,7 +301,7 @@ class SqlOrderStore:
         )
         if record is not None:
             self.audit.append(conn, record)
-        if priority is not None and int(priority) != before.priority:
+        if priority is not None and int(priority) > before.priority:
             self.audit.append(
                 conn,
                 AuditRecord(

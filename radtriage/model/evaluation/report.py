@@ -38,6 +38,8 @@ EVALUATION_JSON: Final = "evaluation.json"
 REPORT_MD: Final = "report.md"
 PREDICTIONS_CSV: Final = "predictions.csv"
 ABNORMALITY: Final = "abnormality"
+#: A group is drawn on a ROC plot only with at least this many cases of each class.
+MIN_CLASS_FOR_ROC_PLOT: Final = 5
 #: Used only when the validation split has no positive case of a finding (then flagged in the JSON).
 FALLBACK_THRESHOLD: Final = 0.5
 
@@ -271,7 +273,9 @@ def _plots(out: Path, test: Sequence[LabelledImage], probabilities: np.ndarray, 
             if not known.any():
                 continue
             fpr, tpr = roc_curve(y[known], p[known])
-            if fpr:
+            # A curve through one or two negatives is a staircase of noise; the JSON still has the numbers.
+            positives = int(np.sum(y[known] == 1.0))
+            if fpr and min(positives, int(known.sum()) - positives) >= MIN_CLASS_FOR_ROC_PLOT:
                 roc_series.append(Series(f"{name} (n={int(known.sum())})", fpr, tpr))
             if name == "all held-out" or "/" not in name and " " not in name:
                 bins = [b for b in calibration_bins(y[known], p[known]) if b.count]
