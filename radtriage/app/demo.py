@@ -291,7 +291,7 @@ def _positives(observations: list[dict[str, Any]]) -> str:
     for obs in observations:
         codes = [c.get("code") for i in obs.get("interpretation", []) for c in i.get("coding", [])]
         if "POS" in codes:
-            label = obs.get("code", {}).get("text") or obs["code"]["coding"][0].get("display", "?")
+            label = obs["code"]["coding"][0].get("display") or obs["code"]["coding"][0].get("code", "?")
             found.append((obs["valueQuantity"]["value"], label))
     if not found:
         return "none above threshold"
