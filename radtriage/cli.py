@@ -80,6 +80,7 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
 
     from .app.factory import build_components, create_app
     from .compliance.phi import install_phi_filter
+    from .hl7.door import build_hl7_door
 
     _setup_logging(bool(obj["verbose"]))
     install_phi_filter()
@@ -87,17 +88,54 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     components = build_components(settings)
     app = create_app(components=components)
     components.start()
+    hl7_door = build_hl7_door(components, settings)
+    hl7_door.start()
     logging.getLogger("radtriage").info("FHIR API on http://%s:%d/fhir", settings.host, settings.port)
     try:
         waitress_serve(app, host=settings.host, port=settings.port, threads=8)
     finally:
+        hl7_door.stop()
+        components.close()
+
+
+@main.command()
+@click.option("--port", type=int, help="MLLP port (default from settings: mllp_port).")
+@click.pass_obj
+def mllp(obj: dict[str, object], port: int | None) -> None:
+    """Run only the HL7 v2 door (MLLP listener, outbox to the RIS) and the worker, until interrupted."""
+    import signal
+    import threading
+
+    from .app.factory import build_components
+    from .compliance.phi import install_phi_filter
+    from .hl7.door import build_hl7_door
+
+    _setup_logging(bool(obj["verbose"]))
+    install_phi_filter()
+    settings = load_settings(obj["config"], mllp_port=port)  # type: ignore[arg-type]
+    if settings.mllp_port <= 0:
+        raise click.UsageError("set --port or mllp_port (RADTRIAGE_MLLP_PORT) to run the HL7 listener")
+    components = build_components(settings)
+    door = build_hl7_door(components, settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    components.start()  # with the inline queue, the process that accepts an order also runs it
+    door.start()
+    logging.getLogger("radtriage").info("MLLP listener on %s:%d", settings.mllp_host, door.port)
+    try:
+        stop.wait()
+    finally:
+        door.stop()
         components.close()
 
 
 def _register_command_groups() -> None:
     from .compliance.cli_commands import audit_group
+    from .model.cli_commands import label_command, model_group, score_command
 
-    main.add_command(audit_group)
+    for command in (audit_group, model_group, label_command, score_command):
+        main.add_command(command)
 
 
 _register_command_groups()

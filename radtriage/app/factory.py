@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The default model shipped inside the package (trained by radtriage's own pipeline), if present.
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "model" / "default"
-
 
 @dataclass
 class Components:
@@ -78,11 +75,17 @@ def build_study_source(settings: Settings) -> StudySource:
 
 
 def resolve_model_path(settings: Settings) -> Path:
-    """The configured model, else the shipped default, else the untrained placeholder (created on first use)."""
+    """The configured model, else the one activated in the registry, else the shipped default, else the untrained
+    placeholder (created on first use, and labelled as such in every output)."""
+    from ..model.registry import SHIPPED_DEFAULT, active_path
+
     if settings.model:
         return Path(settings.model)
-    if (SHIPPED_MODEL / "manifest.json").exists():
-        return SHIPPED_MODEL
+    active = active_path(settings.home)
+    if active is not None:
+        return active
+    if (SHIPPED_DEFAULT / "manifest.json").exists():
+        return SHIPPED_DEFAULT
     from ..model.placeholder import ensure_placeholder
 
     return ensure_placeholder(Path(settings.home) / "models")

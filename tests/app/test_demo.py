@@ -39,10 +39,3 @@ def test_demo_on_a_folder_of_png_images(tmp_path: Path, shared_data: Path) -> No
     assert result.exit_code == 0, result.output
     assert "WORKLIST" in result.output
     assert "NOT ANALYSED" not in result.output
-
-
-def test_every_command_has_help() -> None:
-    runner = CliRunner()
-    for command in ([], ["demo"], ["serve"]):
-        result = runner.invoke(main, [*command, "--help"])
-        assert result.exit_code == 0 and "Usage" in result.output
