@@ -26,17 +26,15 @@ from __future__ import annotations
 
 from typing import Final
 
-RADTRIAGE_FHIR_BASE: Final = "https://radtriage.example/fhir"
+# Shared with the audit trail, so that an AuditEvent and a DiagnosticReport name a model the same way.
+from ..compliance.codes import MODEL_SHA256_SYSTEM, RADTRIAGE_FHIR_BASE, TRIAGE_SYSTEM  # noqa: F401 (re-exported)
 
 TRIAGE_ERROR_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/triage-error"
 JOB_STATE_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/job-state"
 FINDING_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/finding"
-TRIAGE_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/triage"
 #: Extension on DiagnosticReport naming the model (name, version, sha256, placeholder) and referencing its Device
 #: (``device``): R4 DiagnosticReport.performer cannot reference a Device.
 MODEL_EXTENSION_URL: Final = f"{RADTRIAGE_FHIR_BASE}/StructureDefinition/triage-model"
-#: Identifier system for a model's artefact digest (Observation.device.identifier).
-MODEL_SHA256_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/NamingSystem/model-sha256"
 
 # ---------------------------------------------------------------- external code systems (FHIR R4 names)
 
