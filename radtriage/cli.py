@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -128,6 +129,32 @@ def mllp(obj: dict[str, object], port: int | None) -> None:
     finally:
         door.stop()
         components.close()
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing (still audited).")
+@click.pass_obj
+def retention(obj: dict[str, object], dry_run: bool) -> None:
+    """Purge studies' derived data and caches older than retention_days; audited. The audit trail is kept."""
+    from .app.storage import SqlOrderStore, create_database_engine, migrate
+    from .compliance.audit_store import AuditLog
+    from .compliance.retention import FolderPurger, Purger, PurgeReport, purge_expired
+
+    settings = load_settings(obj["config"])  # type: ignore[arg-type]
+    if settings.retention_days < 1:
+        raise click.UsageError("retention_days is 0 (keep forever): nothing to purge")
+    engine = create_database_engine(settings.resolved_database_url())
+    migrate(engine)
+    store = SqlOrderStore(engine)
+
+    def stored_results(cutoff: datetime, *, dry_run: bool) -> PurgeReport:
+        return PurgeReport("results", store.purge_results_before(cutoff, dry_run=dry_run))
+
+    purgers: list[Purger] = [stored_results, FolderPurger(Path(settings.home) / "cache")]
+    for report in purge_expired(
+        purgers, retention_days=settings.retention_days, audit=AuditLog(engine).record, dry_run=dry_run
+    ):
+        click.echo(f"{report.name}: {report.items} item(s){' would be' if dry_run else ''} removed")
 
 
 def _register_command_groups() -> None:

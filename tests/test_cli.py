@@ -130,3 +130,44 @@ def test_score_writes_one_row_per_file_and_says_what_it_could_not_analyse() -> N
     assert [Path(r["file"]).name for r in rows] == ["RG1_J2KI.dcm", "RG3_J2KI.dcm"]
     assert rows[0]["not_analysed"] == "" and rows[0]["priority"] in ("routine", "urgent", "asap", "stat")
     assert "not-a-chest" in rows[1]["not_analysed"]
+
+
+def test_retention_purges_old_results_keeps_orders_and_audits_it(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from radtriage.app.core.domain import ImagingOrder
+    from radtriage.app.factory import build_components
+    from radtriage.app.storage.tables import results
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(pydicom_data_dir() / "RG1_J2KI.dcm", studies)
+    env = {"RADTRIAGE_HOME": str(tmp_path), "RADTRIAGE_STUDY_FOLDER": str(studies), "RADTRIAGE_RETENTION_DAYS": "30"}
+    components = build_components(load_settings(env=env))
+    components.start()
+    order = ImagingOrder(study_instance_uid=RG1_STUDY, patient_ref="Patient/old", source="fhir", source_key="old")
+    _, job, _ = components.service.submit_order(order)
+    assert components.queue.wait_idle(timeout=120)
+    with components.engine.begin() as conn:  # as if it had been scored 40 days ago
+        conn.execute(update(results).values(created_at=datetime.now(UTC) - timedelta(days=40)))
+    components.close()
+
+    runner = CliRunner(env=env)
+    dry = runner.invoke(main, ["retention", "--dry-run"])
+    assert dry.exit_code == 0 and "results: 1 item(s) would be removed" in dry.output
+    done = runner.invoke(main, ["retention"])
+    assert done.exit_code == 0 and "results: 1 item(s) removed" in done.output
+    again = runner.invoke(main, ["retention"])
+    assert "results: 0 item(s) removed" in again.output
+
+    components = build_components(load_settings(env=env))
+    try:
+        assert components.store.get_result(job.id) is None
+        assert components.store.get_job(job.id) is not None  # the order and its job are the record: kept
+        assert components.audit.verify().ok
+    finally:
+        components.close()
+    export = runner.invoke(main, ["audit", "export", "--format", "ndjson"])
+    assert export.output.count("retention-purge") >= 3

@@ -27,7 +27,9 @@ from __future__ import annotations
 from typing import Final
 
 # Shared with the audit trail, so that an AuditEvent and a DiagnosticReport name a model the same way.
-from ..compliance.codes import MODEL_SHA256_SYSTEM, RADTRIAGE_FHIR_BASE, TRIAGE_SYSTEM  # noqa: F401 (re-exported)
+from ..compliance.codes import MODEL_SHA256_SYSTEM as MODEL_SHA256_SYSTEM
+from ..compliance.codes import RADTRIAGE_FHIR_BASE as RADTRIAGE_FHIR_BASE
+from ..compliance.codes import TRIAGE_SYSTEM as TRIAGE_SYSTEM
 
 TRIAGE_ERROR_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/triage-error"
 JOB_STATE_SYSTEM: Final = f"{RADTRIAGE_FHIR_BASE}/CodeSystem/job-state"

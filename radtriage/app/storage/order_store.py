@@ -401,6 +401,18 @@ class SqlOrderStore:
             return None
         return ModelIdentity(row.model_name, row.model_version, row.model_sha256, bool(row.model_placeholder))
 
+    def purge_results_before(self, cutoff: datetime, *, dry_run: bool = False) -> int:
+        """Delete the derived results (findings, scores) of studies scored before `cutoff`; returns how many.
+
+        Orders, jobs and their events stay: they are the record of what was asked and done. The audit trail is
+        untouched (its rows are protected by the database)."""
+        expired = results.c.created_at < cutoff
+        with self.engine.begin() as conn:
+            count = int(conn.execute(select(func.count()).select_from(results).where(expired)).scalar_one())
+            if not dry_run and count:
+                conn.execute(results.delete().where(expired))
+        return count
+
     def unfinished_job_ids(self) -> list[str]:
         terminal = [s.value for s in JobState if s.is_terminal]
         with self.engine.connect() as conn:
