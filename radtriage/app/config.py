@@ -34,6 +34,9 @@ class Settings:
     model: str = ""
     #: Path to a triage policy TOML file; empty means the built-in default policy.
     policy: str = ""
+    #: Quality gates before scoring (radtriage/model/quality.py): a study that fails one is "not analysed".
+    min_patient_age_years: float = 18.0
+    min_image_side_px: int = 256
     #: "inline" (in-process worker threads) is the embedded default.
     queue: str = "inline"
     workers: int = 1

@@ -93,9 +93,13 @@ def resolve_model_path(settings: Settings) -> Path:
 
 def model_scorer_factory(settings: Settings) -> Callable[[], ImageScorer]:
     def load() -> ImageScorer:
+        from ..model.quality import QualityGates
         from ..model.scorer import XrvScorer  # torch is imported only by processes that score
 
-        return XrvScorer.from_artefact(resolve_model_path(settings))
+        gates = QualityGates(
+            min_patient_age_years=settings.min_patient_age_years, min_side_px=settings.min_image_side_px
+        )
+        return XrvScorer.from_artefact(resolve_model_path(settings), gates=gates)
 
     return load
 
@@ -178,4 +182,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         base_url=base_url,
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
+    from ..web import web_blueprint  # the pages for people (sign-in, worklist, study, audit, model)
+
+    app.register_blueprint(web_blueprint(components))
     return app

@@ -49,6 +49,8 @@ ERROR_HTTP: Final[dict[ErrorCode, tuple[int, str]]] = {
     ErrorCode.PACS_UNAVAILABLE: (503, "transient"),
     ErrorCode.MODEL_UNAVAILABLE: (503, "transient"),
     ErrorCode.INTERNAL: (500, "exception"),
+    ErrorCode.OUTSIDE_INTENDED_USE: (422, "business-rule"),
+    ErrorCode.IMAGE_QUALITY: (422, "business-rule"),
 }
 
 #: HTTP statuses raised below the service (routing, content negotiation) → issue.code.

@@ -32,6 +32,7 @@ from radtriage.imaging.dicom_pixels import check_analysable, pixels_for_display,
 from .architectures import architecture, load_network
 from .artefact import ModelManifest, load_state_dict
 from .preprocessing import PREPROCESSING_VERSION, to_model_input
+from .quality import QualityGates, check_header, check_pixels
 
 #: Intra-op threads for scoring when the caller does not say. A 224x224 DenseNet gains little beyond a few
 #: threads, and the scoring process shares the machine with the web and MLLP doors.
@@ -58,8 +59,10 @@ class XrvScorer:
         network: nn.Module,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        gates: QualityGates | None = None,
     ) -> None:
         self.manifest = manifest
+        self.gates = gates or QualityGates()
         self._network = network.eval()
         self._batch_size = max(1, batch_size)
         self._thresholds = [float(manifest.thresholds[label]) for label in manifest.labels]
@@ -72,6 +75,7 @@ class XrvScorer:
         *,
         max_threads: int | None = DEFAULT_MAX_THREADS,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        gates: QualityGates | None = None,
     ) -> XrvScorer:
         """Load and verify the artefact at `path` (MODEL_UNAVAILABLE when it cannot be trusted or does not fit).
 
@@ -82,7 +86,7 @@ class XrvScorer:
             torch.set_num_threads(max(1, min(max_threads, torch.get_num_threads())))
         manifest, state_dict = load_state_dict(Path(path))
         network = load_network(manifest, state_dict)
-        return cls(manifest, network, batch_size=batch_size)
+        return cls(manifest, network, batch_size=batch_size, gates=gates)
 
     # ------------------------------------------------------------------ the ImageScorer port
 
@@ -102,13 +106,16 @@ class XrvScorer:
         """
         dataset = read_dataset(dicom_bytes)
         check_analysable(dataset)
+        check_header(dataset, self.gates)
         return self.prepare_array(pixels_for_display(dataset))
 
     def prepare_array(self, image01: npt.NDArray[np.generic]) -> XrvPreparedImage:
         """A 2-D image in [0, 1], MONOCHROME2 polarity (e.g. from `load_image_file`), to network input.
 
-        No header checks happen here: the caller vouches that it is a frontal chest radiograph.
+        No header checks happen here: the caller vouches that it is a frontal chest radiograph. The pixel quality
+        gates (size, contrast) do apply: IMAGE_QUALITY when they fail.
         """
+        check_pixels(np.asarray(image01), self.gates)
         try:
             pixels = to_model_input(image01, self.manifest.input_size)
         except ValueError as exc:

@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     PACS_UNAVAILABLE = "pacs-unavailable"
     MODEL_UNAVAILABLE = "model-unavailable"
     INTERNAL = "internal"
+    # Quality gates before scoring (added after the first release: codes are appended, never renumbered).
+    OUTSIDE_INTENDED_USE = "outside-intended-use"
+    IMAGE_QUALITY = "image-quality"
 
     @property
     def display(self) -> str:
@@ -47,6 +50,8 @@ _DISPLAY = {
     ErrorCode.PACS_UNAVAILABLE: "The image archive could not be reached",
     ErrorCode.MODEL_UNAVAILABLE: "The scoring model is not available",
     ErrorCode.INTERNAL: "Internal error",
+    ErrorCode.OUTSIDE_INTENDED_USE: "The study is outside the model's intended use (e.g. a child); not analysed",
+    ErrorCode.IMAGE_QUALITY: "The image is too small, too shallow or too flat to score reliably; not analysed",
 }
 
 #: Codes for which trying again later may succeed without anyone changing the input.
