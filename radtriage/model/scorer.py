@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radtriage.app.core.domain import FindingScore, ModelIdentity
+from radtriage.app.core.domain import FindingScore, Heatmap, ModelIdentity
 from radtriage.app.core.errors import ErrorCode, TriageError
 from radtriage.app.core.ports import ImageScorer, PreparedImage
 from radtriage.imaging.dicom_pixels import check_analysable, pixels_for_display, read_dataset
 
 from .architectures import architecture, load_network
 from .artefact import ModelManifest, load_state_dict
+from .explain import overlay_png
 from .preprocessing import PREPROCESSING_VERSION, to_model_input
 from .quality import QualityGates, check_header, check_pixels
 
@@ -174,6 +175,11 @@ class XrvScorer:
             normalised = cam / peak if peak > 0 and np.isfinite(peak) else torch.zeros_like(cam)
         result: npt.NDArray[np.float32] = normalised.clamp(0.0, 1.0).numpy().astype(np.float32)
         return result
+
+    def explain(self, image: PreparedImage, labels: Sequence[str]) -> list[Heatmap]:
+        """The ImageScorer port's explanation: a Grad-CAM overlay PNG (see `explain.overlay_png`) per label."""
+        prepared = self._checked(image)
+        return [Heatmap(label, overlay_png(prepared.pixels, self.heatmap(prepared, label))) for label in labels]
 
     # ------------------------------------------------------------------ internals
 

@@ -116,6 +116,14 @@ class ModelIdentity:
 
 
 @dataclass(frozen=True)
+class Heatmap:
+    """Where the model looked for one positive finding: a PNG of the heatmap laid over the scored image."""
+
+    label: str
+    png: bytes
+
+
+@dataclass(frozen=True)
 class TriageResult:
     """The outcome of scoring one study."""
 
@@ -127,6 +135,9 @@ class TriageResult:
     sop_instance_uid: str
     priority_reason: str = ""
     created_at: datetime | None = None
+    #: Heatmaps of the positive findings, when they were made. The store keeps them apart (`heatmap_png`), so a
+    #: result read back from the store has none here.
+    heatmaps: tuple[Heatmap, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def positive_findings(self) -> tuple[FindingScore, ...]:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from .domain import (
     FindingScore,
+    Heatmap,
     ImagingOrder,
     InstanceInfo,
     Job,
@@ -94,6 +95,14 @@ class OrderStore(Protocol):
 
     def unfinished_job_ids(self) -> list[str]: ...
 
+    def heatmap_png(self, job_id: str, label: str) -> bytes | None:
+        """The stored heatmap overlay of one finding of a result, or None."""
+        ...
+
+    def heatmap_labels(self, job_id: str) -> list[str]:
+        """The findings of a result that have a stored heatmap, in the result's label order."""
+        ...
+
     def find_model(self, sha256_prefix: str) -> ModelIdentity | None:
         """A model that produced a stored result, by the start of its weights' sha256 (models outlive reloads)."""
         ...
@@ -126,6 +135,10 @@ class ImageScorer(Protocol):
         ...
 
     def score(self, image: PreparedImage) -> list[FindingScore]: ...
+
+    def explain(self, image: PreparedImage, labels: Sequence[str]) -> list[Heatmap]:
+        """A heatmap overlay (PNG) per label, for the findings the score called positive."""
+        ...
 
 
 class InstanceSelector(Protocol):

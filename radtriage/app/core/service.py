@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from .domain import ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
+from .domain import FindingScore, Heatmap, ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
 from .errors import ErrorCode, TriageError
 from .pipeline import advance
 from .ports import (
@@ -173,6 +173,7 @@ class TriageService:
                 sop_instance_uid=chosen.sop_instance_uid,
                 priority_reason=why,
                 created_at=self._now(),
+                heatmaps=self._explain(scorer, image, findings),
             )
             job = self._move(job, S.SCORED, priority=priority, result=result)
             job = self._move(job, S.PUBLISHING)
@@ -201,6 +202,18 @@ class TriageService:
                 log.exception("the model could not be loaded")
                 raise TriageError(ErrorCode.MODEL_UNAVAILABLE) from exc
         return self._scorer
+
+    @staticmethod
+    def _explain(scorer: ImageScorer, image: object, findings: Sequence[FindingScore]) -> tuple[Heatmap, ...]:
+        """Heatmaps for the positive findings. An explanation that fails must not cost the study its triage."""
+        positives = [f.label for f in findings if f.positive]
+        if not positives:
+            return ()
+        try:
+            return tuple(scorer.explain(image, positives))
+        except Exception:
+            log.exception("heatmaps could not be made; the result is kept without them")
+            return ()
 
     # ------------------------------------------------------------------ reads for the doors
 

@@ -20,7 +20,7 @@ from ..core.domain import (
     TriageResult,
 )
 from ..core.errors import ErrorCode, TriageError
-from .tables import job_events, jobs, orders, results
+from .tables import heatmaps, job_events, jobs, orders, results
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -243,8 +243,15 @@ class SqlOrderStore:
                 raise TriageError(ErrorCode.CONFLICT, f"job is no longer {event.from_state.value}")
             conn.execute(insert(job_events).values(_event_values(event)))
             if result is not None:
+                conn.execute(heatmaps.delete().where(heatmaps.c.job_id == result.job_id))
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))
                 conn.execute(insert(results).values(self._result_values(result)))
+                for position, heatmap in enumerate(result.heatmaps):
+                    conn.execute(
+                        insert(heatmaps).values(
+                            job_id=result.job_id, label=heatmap.label, position=position, png=heatmap.png
+                        )
+                    )
             if before is not None:
                 self._audit_transition(conn, event, before, priority, result)
         job = self.get_job(event.job_id)
@@ -391,6 +398,20 @@ class SqlOrderStore:
             ).all()
         return [_result_from_row(r) for r in rows], total
 
+    def heatmap_png(self, job_id: str, label: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            png = conn.execute(
+                select(heatmaps.c.png).where(heatmaps.c.job_id == job_id, heatmaps.c.label == label)
+            ).scalar_one_or_none()
+        return bytes(png) if png is not None else None
+
+    def heatmap_labels(self, job_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(heatmaps.c.label).where(heatmaps.c.job_id == job_id).order_by(heatmaps.c.position)
+            ).all()
+        return [r.label for r in rows]
+
     def find_model(self, sha256_prefix: str) -> ModelIdentity | None:
         columns = (results.c.model_name, results.c.model_version, results.c.model_sha256, results.c.model_placeholder)
         with self.engine.connect() as conn:
@@ -410,6 +431,8 @@ class SqlOrderStore:
         with self.engine.begin() as conn:
             count = int(conn.execute(select(func.count()).select_from(results).where(expired)).scalar_one())
             if not dry_run and count:
+                expired_jobs = select(results.c.job_id).where(expired)
+                conn.execute(heatmaps.delete().where(heatmaps.c.job_id.in_(expired_jobs)))
                 conn.execute(results.delete().where(expired))
         return count
 

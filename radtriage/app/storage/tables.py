@@ -10,6 +10,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -97,4 +98,15 @@ results = Table(
     # [{"label": ..., "probability": ..., "threshold": ...}, ...] in model label order
     Column("findings", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Heatmap overlays of a result's positive findings (PNG), written with the result; kept apart from `results` so
+# that reading scores never loads pictures.
+heatmaps = Table(
+    "heatmaps",
+    metadata,
+    Column("job_id", String(ID), ForeignKey("results.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("label", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("png", LargeBinary, nullable=False),
 )
