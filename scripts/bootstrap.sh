@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what radtriage needs on a fresh Debian machine with Python 3.11, and nothing when it is already there.
 #   scripts/bootstrap.sh          runtime only (Python packages in .venv)
-#   scripts/bootstrap.sh --dev    also test tools and the servers the tests start (Orthanc, PostgreSQL, dcmtk)
+#   scripts/bootstrap.sh --dev    also test tools and the servers the tests start (Orthanc, PostgreSQL, dcmtk,
+#                                 Chromium for the web pages' browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ if [ "$want_dev" = 1 ]; then
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v storescu >/dev/null || missing+=(dcmtk)
+  # Headless browser for the web pages' end-to-end tests (tests/web/test_browser.py).
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
     as_root apt-get update -q

@@ -58,6 +58,14 @@ class Settings:
     #: Days to keep studies' derived data and pixel caches; 0 keeps them. The audit trail is always kept.
     retention_days: int = 0
 
+    # --- Web pages (radtriage.web; docs/web.md) ---
+    #: Users file (JSON; scrypt hashes; `python -m radtriage.web.users add`) and the session signing secret.
+    web_users: str = ""
+    web_secret_key: str = ""
+    web_session_idle_minutes: int = 30
+    web_session_max_hours: int = 12
+    #: Images with more pixels are shown downscaled even at "full resolution".
+    web_image_max_pixels: int = 40_000_000
     # --- HL7 v2 door (radtriage.hl7; docs/hl7-conformance.md) ---
     #: MLLP listener for orders from the RIS; port 0 turns it off.
     mllp_host: str = "127.0.0.1"

@@ -1,0 +1,239 @@
+"""Read-only queries the pages need, in one round trip each: the worklist rows and the operational figures.
+
+The order store answers the doors' questions one job at a time; a worklist needs orders, jobs and results
+together, filtered and searched, so it reads the same tables directly (never writes them).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, func, or_, select
+
+from ..app.core.domain import FindingScore, JobState, Priority
+from ..app.storage.tables import job_events, jobs, orders, results
+
+
+class Status(StrEnum):
+    """What a radiologist needs to know about a job's state."""
+
+    QUEUED = "queued"
+    SCORING = "scoring"
+    DONE = "done"
+    NOT_ANALYSED = "not-analysed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def of(cls, state: JobState) -> Status:
+        if state in (JobState.RECEIVED, JobState.QUEUED):
+            return cls.QUEUED
+        if state in (JobState.FETCHING, JobState.SELECTED, JobState.PREPROCESSED, JobState.SCORING):
+            return cls.SCORING
+        if state in (JobState.SCORED, JobState.PUBLISHING, JobState.COMPLETED):
+            return cls.DONE
+        if state is JobState.FAILED:
+            return cls.NOT_ANALYSED
+        return cls.CANCELLED
+
+    @property
+    def states(self) -> tuple[JobState, ...]:
+        return tuple(s for s in JobState if Status.of(s) is self)
+
+    @property
+    def label(self) -> str:
+        return {"not-analysed": "not analysed"}.get(self.value, self.value)
+
+
+#: Why a study was not analysed, in words a radiologist reads (keys: `radtriage.app.core.errors.ErrorCode`).
+FAILURE_TEXT: dict[str, str] = {
+    "study-not-found": "the image archive does not have the study",
+    "not-a-radiograph": "not a radiograph (CR/DX)",
+    "not-a-chest": "not a chest examination",
+    "lateral-only": "no frontal (PA/AP) view",
+    "unreadable-image": "the image could not be read",
+    "pacs-unavailable": "the image archive did not answer (will retry)",
+    "model-unavailable": "the model is unavailable",
+    "invalid-input": "the order is incomplete",
+    "internal": "an internal error (see the service log)",
+}
+
+
+def failure_text(code: str | None) -> str:
+    if not code:
+        return "reason not recorded"
+    return FAILURE_TEXT.get(code, code)
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    job_id: str
+    priority: Priority
+    requested_priority: Priority
+    state: JobState
+    status: Status
+    received_at: datetime
+    finished_at: datetime | None
+    patient_ref: str
+    accession_number: str | None
+    failure_code: str | None
+    findings: tuple[FindingScore, ...]
+    model_version: str | None
+    placeholder_model: bool
+
+    @property
+    def positive_findings(self) -> tuple[FindingScore, ...]:
+        return tuple(f for f in self.findings if f.positive)
+
+    def waiting_seconds(self, now: datetime) -> int:
+        return max(0, int((now - self.received_at).total_seconds()))
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """Filters: `status` (a `Status`), `priority` (a code), `search` (accession, or the start of the job id),
+    `flagged_only` (only studies with a positive finding)."""
+
+    status: Status | None = None
+    priority: Priority | None = None
+    search: str = ""
+    flagged_only: bool = False
+    limit: int = 200
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _findings(raw: Any) -> tuple[FindingScore, ...]:
+    if not raw:
+        return ()
+    return tuple(FindingScore(f["label"], float(f["probability"]), float(f["threshold"])) for f in raw)
+
+
+def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], int]:
+    """Rows in reading order: most urgent first, then longest waiting; and how many match in all."""
+    statement = (
+        select(
+            jobs.c.id,
+            jobs.c.priority,
+            jobs.c.state,
+            jobs.c.failure_code,
+            jobs.c.updated_at,
+            orders.c.requested_priority,
+            orders.c.received_at,
+            orders.c.patient_ref,
+            orders.c.accession_number,
+            results.c.findings,
+            results.c.model_version,
+            results.c.model_placeholder,
+        )
+        .join(orders, orders.c.id == jobs.c.order_id)
+        .outerjoin(results, results.c.job_id == jobs.c.id)
+    )
+    if query.status is not None:
+        statement = statement.where(jobs.c.state.in_([s.value for s in query.status.states]))
+    if query.priority is not None:
+        statement = statement.where(jobs.c.priority == int(query.priority))
+    term = query.search.strip()
+    if term:
+        statement = statement.where(
+            or_(
+                orders.c.accession_number.ilike(f"%{_escape_like(term)}%", escape="\\"),
+                jobs.c.id.startswith(term, autoescape=True),
+            )
+        )
+    with engine.connect() as connection:
+        total = connection.execute(select(func.count()).select_from(statement.subquery())).scalar_one()
+        rows = connection.execute(
+            statement.order_by(jobs.c.priority.desc(), orders.c.received_at, jobs.c.id).limit(max(1, query.limit))
+        ).all()
+    out = []
+    for row in rows:
+        state = JobState(row.state)
+        findings = _findings(row.findings)
+        out.append(
+            WorklistRow(
+                job_id=row.id,
+                priority=Priority(row.priority),
+                requested_priority=Priority(row.requested_priority),
+                state=state,
+                status=Status.of(state),
+                received_at=_utc(row.received_at) or datetime.now(UTC),
+                finished_at=_utc(row.updated_at) if state.is_terminal else None,
+                patient_ref=row.patient_ref,
+                accession_number=row.accession_number,
+                failure_code=row.failure_code,
+                findings=findings,
+                model_version=row.model_version,
+                placeholder_model=bool(row.model_placeholder),
+            )
+        )
+    if query.flagged_only:
+        out = [row for row in out if row.positive_findings]
+    return out, total if not query.flagged_only else len(out)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True)
+class Operations:
+    """Figures for the operations page, from the job tables (the source of truth)."""
+
+    queue_by_state: dict[str, int]
+    done: int
+    failures_by_reason: list[tuple[str, int]]
+    #: Seconds from an order's arrival to its result being published (the RIS/EHR can be told), recent jobs.
+    notification_seconds: Sequence[float]
+
+    @property
+    def queue_length(self) -> int:
+        return sum(self.queue_by_state.values())
+
+    def notification_percentile(self, fraction: float) -> float | None:
+        values = sorted(self.notification_seconds)
+        if not values:
+            return None
+        if len(values) == 1:
+            return values[0]
+        return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(fraction * 100) - 1))]
+
+
+def operations(engine: Engine, *, recent: int = 500) -> Operations:
+    terminal = [s.value for s in JobState if s.is_terminal]
+    with engine.connect() as connection:
+        by_state: dict[str, int] = dict(
+            connection.execute(
+                select(jobs.c.state, func.count()).where(jobs.c.state.not_in(terminal)).group_by(jobs.c.state)
+            ).all()
+        )
+        done = connection.execute(
+            select(func.count()).select_from(jobs).where(jobs.c.state == JobState.COMPLETED.value)
+        ).scalar_one()
+        failures = connection.execute(
+            select(jobs.c.failure_code, func.count())
+            .where(jobs.c.state == JobState.FAILED.value)
+            .group_by(jobs.c.failure_code)
+            .order_by(func.count().desc())
+        ).all()
+        completed = connection.execute(
+            select(orders.c.received_at, job_events.c.at)
+            .join(jobs, jobs.c.order_id == orders.c.id)
+            .join(job_events, job_events.c.job_id == jobs.c.id)
+            .where(job_events.c.to_state == JobState.COMPLETED.value)
+            .order_by(job_events.c.at.desc())
+            .limit(recent)
+        ).all()
+    seconds = [
+        max(0.0, ((_utc(at) or at) - (_utc(received) or received)).total_seconds()) for received, at in completed
+    ]
+    ordered_states: dict[str, int] = {s.value: by_state[s.value] for s in JobState if s.value in by_state}
+    return Operations(ordered_states, int(done), [(code or "unknown", int(n)) for code, n in failures], seconds)

@@ -1,0 +1,841 @@
+"""The web pages: sign-in, worklist, study view, compliance (audit search, export, verification), model and
+operations. Server-rendered Jinja templates; a little plain JavaScript for polling and the image viewer.
+
+What is audited (`radtriage.compliance.audit`, with the signed-in user as ``user_id`` and ``radtriage-web`` as
+the client): sign-in and failed sign-in; each distinct worklist a user is shown (one search record naming the
+studies listed; patients are masked there, so no patient is named); revealing a patient's identifier; opening a
+study, its image (display or full resolution) and each heatmap (a read naming the patient); audit searches,
+exports and verifications. Re-polling an unchanged worklist adds no record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import re
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Flask, abort, jsonify, redirect, render_template, request, send_file, session, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from ..app.core.domain import FindingScore, ImagingOrder, Job, Priority, TriageResult
+from ..app.core.errors import ErrorCode, TriageError
+from ..compliance.audit import (
+    AUDIT_READ,
+    AUDIT_VERIFIED,
+    AUTHENTICATION_FAILED,
+    EVENT_KINDS,
+    LOGIN,
+    RESULT_READ,
+    AuditOutcome,
+    AuditRecord,
+)
+from ..compliance.audit_store import AuditQueryError, StoredAuditEvent
+from ..compliance.export import ExportFormat, build_filter, export_audit, verify_export
+from .imaging import PictureUnavailable, StudyPictures
+from .markdown import render_markdown
+from .queries import FAILURE_TEXT, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .sessions import (
+    WEB_CLIENT_ID,
+    csrf_ok,
+    csrf_token,
+    current_user,
+    reason_text,
+    require_page,
+    start_session,
+    web_audit_context,
+)
+from .settings import WebSettings
+from .users import UserDirectory
+
+if TYPE_CHECKING:
+    from ..app.factory import Components
+
+log = logging.getLogger(__name__)
+
+PRIORITY_ORDER = (Priority.STAT, Priority.ASAP, Priority.URGENT, Priority.ROUTINE)
+#: Largest audit export a compliance officer may upload for verification through the page.
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: How often the worklist asks for changes, in milliseconds.
+POLL_INTERVAL_MS = 4000
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_PLOT_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}\.png$")
+
+
+def render_message(title: str, message: str, *, status: int = 200, back: str | None = None) -> tuple[str, int]:
+    """A page that says one thing clearly (errors, refusals) in the site's layout."""
+    return render_template("message.html", title=title, message=message, back=back), status
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def masked_patient(patient_ref: str, secret: str) -> str:
+    """A short pseudonym, stable within this installation: tells studies of one patient apart from others'
+    without showing who it is (a keyed hash, so it cannot be reversed by hashing known identifiers)."""
+    digest = hashlib.blake2b(patient_ref.encode("utf-8"), key=secret.encode("utf-8")[:64], digest_size=4)
+    return f"PT-{digest.hexdigest().upper()}"
+
+
+def _finding_json(finding: FindingScore) -> dict[str, Any]:
+    return {
+        "label": finding.label,
+        "probability": round(finding.probability, 4),
+        "threshold": round(finding.threshold, 4),
+        "positive": finding.positive,
+    }
+
+
+def _parse_priority(text: str) -> Priority | None:
+    try:
+        return Priority.from_code(text) if text else None
+    except ValueError:
+        return None
+
+
+def _parse_status(text: str) -> Status | None:
+    try:
+        return Status(text) if text else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audit record as the pages show it (who, what, outcome), read from its stored AuditEvent."""
+
+    id: int
+    recorded: datetime
+    kind: str
+    kind_display: str
+    action: str
+    outcome: int
+    client_id: str | None
+    user_id: str | None
+    patient_ref: str | None
+    description: str | None
+
+    @classmethod
+    def of(cls, event: StoredAuditEvent) -> AuditRow:
+        resource = event.resource()
+        user = None
+        for agent in resource.get("agent", []):
+            identifier = agent.get("who", {}).get("identifier", {})
+            if identifier.get("system", "").endswith("user-id") or "user" in identifier.get("system", ""):
+                user = identifier.get("value")
+        kind = EVENT_KINDS.get(event.kind or "")
+        return cls(
+            id=event.id,
+            recorded=event.recorded,
+            kind=event.kind or "",
+            kind_display=kind.display if kind else (event.kind or ""),
+            action=event.action,
+            outcome=event.outcome,
+            client_id=event.client_id,
+            user_id=user,
+            patient_ref=event.patient_ref,
+            description=resource.get("outcomeDesc"),
+        )
+
+
+OUTCOME_TEXT = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
+
+
+# ---------------------------------------------------------------------------------------------- the blueprint
+
+
+def web_blueprint(
+    components: Components,
+    *,
+    web_settings: WebSettings | None = None,
+    users: UserDirectory | None = None,
+    draft_report: Callable[[str], str | None] | None = None,
+) -> Blueprint:
+    """The web pages over one set of components; mount at ``/`` (``app.register_blueprint(bp)``).
+
+    `users` defaults to the users file named by the settings (read again when it changes); `draft_report`
+    returns the draft report text of a job, when routine-case reporting is installed. Registering the blueprint
+    sets the app's session secret and cookie flags (production refuses to start without a configured secret).
+    """
+    settings = web_settings or WebSettings.from_settings(components.settings)
+    secret = settings.checked_secret()
+    directory = _UserSource(settings, users)
+    pictures = StudyPictures(
+        components.service.source,
+        components.service.selector,
+        lambda: components.service.scorer,
+        Path(components.settings.home) / "cache" / "web",
+        max_pixels=settings.image_max_pixels,
+    )
+    audit = components.audit
+    store = components.store
+    bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
+
+    @bp.record_once
+    def configure(state: Any) -> None:
+        app: Flask = state.app
+        app.secret_key = secret
+        app.config.update(
+            SESSION_COOKIE_NAME="radtriage_session",
+            SESSION_COOKIE_HTTPONLY=True,
+            SESSION_COOKIE_SAMESITE="Lax",
+            SESSION_COOKIE_SECURE=settings.production,
+            PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_max_hours),
+        )
+
+    def page(name: str) -> Callable[[Any], Any]:
+        return require_page(directory.get, settings, name)
+
+    @bp.app_template_global()
+    def nav_pages() -> list[tuple[str, str, str]]:
+        user = current_user()
+        if user is None:
+            return []
+        entries = [
+            ("worklist", "Worklist", "web.worklist_page"),
+            ("compliance", "Compliance", "web.compliance_page"),
+            ("model", "Model & operations", "web.model_page"),
+        ]
+        return [(name, label, url_for(endpoint)) for name, label, endpoint in entries if user.may_open(name)]
+
+    @bp.context_processor
+    def common() -> dict[str, Any]:
+        return {
+            "user": current_user(),
+            "csrf_token": csrf_token,
+            "human_duration": human_duration,
+            "outcome_text": OUTCOME_TEXT,
+        }
+
+    @bp.after_request
+    def headers(response: Response) -> Response:
+        # Pages show patient data: never cache them on shared machines, never frame them, no foreign scripts.
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'"
+        )
+        return response
+
+    @bp.errorhandler(Exception)
+    def unexpected(error: Exception) -> Any:
+        if isinstance(error, HTTPException):
+            code = error.code or 500
+            if code == 404:
+                return render_message("Not found", "There is no such page or study.", status=404)
+            if code == 405:
+                return render_message("Not allowed", "This address does not accept that request.", status=405)
+            if code == 413:
+                return render_message("Too large", "The file is too large to upload here.", status=413)
+            return render_message("Request refused", "The request could not be handled.", status=code)
+        # Never a stack trace on the page; the log gets the type and frames (the message may hold patient data).
+        log.error(
+            "unexpected %s in web %s %s\n%s",
+            type(error).__name__,
+            request.method,
+            request.url_rule.rule if request.url_rule else "-",
+            "".join(traceback.format_tb(error.__traceback__)),
+        )
+        if request.path.endswith(".json"):
+            return jsonify({"error": "internal", "message": "Something went wrong on the server."}), 500
+        return render_message(
+            "Something went wrong",
+            "The page could not be shown because of an error on the server. It has been logged; try again.",
+            status=500,
+        )
+
+    # ------------------------------------------------------------------ sign-in
+
+    @bp.route("/", methods=["GET"])
+    def home() -> Any:
+        username = session.get("user")
+        user = directory.get().get(username) if isinstance(username, str) else None
+        if user is None:
+            return redirect(url_for("web.login"))
+        for name, endpoint in (("worklist", "web.worklist_page"), ("compliance", "web.compliance_page")):
+            if user.may_open(name):
+                return redirect(url_for(endpoint))
+        return redirect(url_for("web.model_page"))
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login() -> Any:
+        next_url = _safe_next(request.values.get("next", ""))
+        if request.method == "GET":
+            notice = reason_text(request.args.get("reason"))
+            return render_template(
+                "login.html", next_url=next_url, notice=notice, error=None, no_users=len(directory.get()) == 0
+            )
+        if not csrf_ok():
+            return render_template(
+                "login.html",
+                next_url=next_url,
+                notice=None,
+                no_users=False,
+                error="The sign-in form expired. Try again.",
+            ), 400
+        username = request.form.get("username", "").strip()
+        password = request.form.get("password", "")
+        user = directory.get().authenticate(username, password) if username and password else None
+        address = request.remote_addr if request.remote_addr and len(request.remote_addr) <= 255 else None
+        if user is None:
+            known = directory.get().get(username)
+            audit.record(
+                AuditRecord(
+                    AUTHENTICATION_FAILED,
+                    outcome=AuditOutcome.MINOR_FAILURE,
+                    client_id=WEB_CLIENT_ID,
+                    user_id=known.username if known else None,
+                    peer_address=address,
+                    outcome_description="invalid-credentials",
+                    details={"method": "web-password"},
+                )
+            )
+            return render_template(
+                "login.html",
+                next_url=next_url,
+                notice=None,
+                no_users=False,
+                error="The user name or password is not right.",
+            ), 401
+        start_session(user)
+        audit.record(AuditRecord.in_context(LOGIN, web_audit_context(user), details={"method": "web-password"}))
+        return redirect(next_url or url_for("web.home"))
+
+    @bp.route("/logout", methods=["POST"])
+    def logout() -> Any:
+        if csrf_ok():
+            session.clear()
+        return redirect(url_for("web.login", reason="signed-out"))
+
+    # ------------------------------------------------------------------ worklist
+
+    def _query() -> WorklistQuery:
+        return WorklistQuery(
+            status=_parse_status(request.args.get("status", "")),
+            priority=_parse_priority(request.args.get("priority", "")),
+            search=request.args.get("q", "")[:64],
+            flagged_only=request.args.get("flagged") == "1",
+        )
+
+    def _row_json(row: WorklistRow, now: datetime) -> dict[str, Any]:
+        return {
+            "id": row.job_id,
+            "url": url_for("web.study_page", job_id=row.job_id),
+            "priority": row.priority.code,
+            "raised": row.priority > row.requested_priority,
+            "status": row.status.value,
+            "status_label": row.status.label,
+            "reason": failure_text(row.failure_code) if row.status is Status.NOT_ANALYSED else None,
+            "patient": masked_patient(row.patient_ref, secret),
+            "accession": row.accession_number or "",
+            "received_at": row.received_at.isoformat(),
+            "waiting": human_duration(row.waiting_seconds(row.finished_at or now)),
+            "waiting_s": row.waiting_seconds(row.finished_at or now),
+            "findings": [_finding_json(f) for f in row.positive_findings],
+            "scored": bool(row.findings),
+            "placeholder": row.placeholder_model,
+        }
+
+    def _audit_worklist(rows: list[WorklistRow]) -> None:
+        """One record per distinct list shown to this session (see the module docstring)."""
+        shown = hashlib.sha256("\n".join(r.job_id for r in rows).encode()).hexdigest()[:32]
+        if session.get("worklist_audited") == shown:
+            return
+        audit.record(
+            AuditRecord.in_context(
+                RESULT_READ,
+                interaction="search-type",
+                entities=tuple(f"Task/{r.job_id}" for r in rows),
+                query=request.full_path if request.query_string else request.path,
+                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked"},
+            )
+        )
+        session["worklist_audited"] = shown
+
+    @bp.route("/worklist", methods=["GET"])
+    @page("worklist")
+    def worklist_page() -> Any:
+        query = _query()
+        rows, total = worklist(components.engine, query)
+        _audit_worklist(rows)
+        now = datetime.now(UTC)
+        return render_template(
+            "worklist.html",
+            rows=[_row_json(r, now) for r in rows],
+            total=total,
+            query=query,
+            statuses=list(Status),
+            priorities=PRIORITY_ORDER,
+            poll_ms=POLL_INTERVAL_MS,
+        )
+
+    @bp.route("/worklist.json", methods=["GET"])
+    @page("worklist")
+    def worklist_json() -> Any:
+        rows, total = worklist(components.engine, _query())
+        _audit_worklist(rows)
+        now = datetime.now(UTC)
+        return jsonify({"total": total, "rows": [_row_json(r, now) for r in rows], "at": now.isoformat()})
+
+    @bp.route("/studies/<job_id>/patient.json", methods=["POST"])
+    @page("study")
+    def reveal_patient(job_id: str) -> Any:
+        job, order, _result = _load(job_id)
+        _audit_read(job, order, "patient-identifier")
+        return jsonify({"patient": order.patient_ref})
+
+    # ------------------------------------------------------------------ study view
+
+    def _load(job_id: str) -> tuple[Job, ImagingOrder, TriageResult | None]:
+        if not _JOB_ID.match(job_id):
+            abort(404)
+        try:
+            job = components.service.job(job_id)
+            order = components.service.order(job.order_id)
+        except TriageError as error:
+            if error.code is ErrorCode.NOT_FOUND:
+                abort(404)
+            raise
+        return job, order, store.get_result(job_id)
+
+    def _audit_read(job: Job, order: ImagingOrder, view: str) -> None:
+        audit.record(
+            AuditRecord.in_context(
+                RESULT_READ,
+                interaction="read",
+                entities=(f"Task/{job.id}",),
+                patient_ref=order.patient_ref,
+                details={"view": view},
+            )
+        )
+
+    def _study_history(job: Job, order: ImagingOrder) -> list[AuditRow]:
+        from ..compliance.audit_store import AuditFilter
+
+        events, _total = audit.search(AuditFilter(patient=order.patient_ref), limit=500)
+        mine = [e for e in events if job.id in e.resource_text]
+        return [AuditRow.of(e) for e in mine]
+
+    @bp.route("/studies/<job_id>", methods=["GET"])
+    @page("study")
+    def study_page(job_id: str) -> Any:
+        job, order, result = _load(job_id)
+        _audit_read(job, order, "study")
+        status = Status.of(job.state)
+        findings = sorted(result.findings, key=lambda f: (not f.positive, -f.probability)) if result else []
+        draft = draft_report(job.id) if draft_report else None
+        now = datetime.now(UTC)
+        received = order.received_at or now
+        return render_template(
+            "study.html",
+            job=job,
+            order=order,
+            result=result,
+            status=status,
+            reason=failure_text(job.failure_code) if status is Status.NOT_ANALYSED else None,
+            findings=findings,
+            positive=[f for f in findings if f.positive],
+            draft=draft,
+            events=store.events(job.id),
+            history=_study_history(job, order),
+            patient=masked_patient(order.patient_ref, secret),
+            waited=human_duration(
+                ((job.updated_at if job.state.is_terminal and job.updated_at else now) - received).total_seconds()
+            ),
+        )
+
+    @bp.route("/studies/<job_id>/image.png", methods=["GET"])
+    @page("study")
+    def study_image(job_id: str) -> Any:
+        job, order, result = _load(job_id)
+        full = request.args.get("full") == "1"
+        try:
+            picture = pictures.image(order, result, full=full)
+        except PictureUnavailable as error:
+            return jsonify({"error": "image-unavailable", "message": error.message}), error.status
+        _audit_read(job, order, "image-full" if full else "image")
+        response = send_file(_bytes(picture.png), mimetype="image/png", max_age=0)
+        response.headers["Cache-Control"] = "private, max-age=300"
+        response.headers["X-Image-Size"] = f"{picture.original_width}x{picture.original_height}"
+        response.headers["X-Image-Downscaled"] = "1" if picture.downscaled else "0"
+        return response
+
+    @bp.route("/studies/<job_id>/heatmaps/<label>.png", methods=["GET"])
+    @page("study")
+    def study_heatmap(job_id: str, label: str) -> Any:
+        job, order, result = _load(job_id)
+        if result is None:
+            return jsonify({"error": "not-scored", "message": "This study has not been scored yet."}), 404
+        try:
+            picture = pictures.heatmap(order, result, label)
+        except PictureUnavailable as error:
+            return jsonify({"error": "heatmap-unavailable", "message": error.message}), error.status
+        _audit_read(job, order, f"heatmap:{label}"[:200])
+        response = send_file(_bytes(picture.png), mimetype="image/png", max_age=0)
+        response.headers["Cache-Control"] = "private, max-age=300"
+        return response
+
+    # ------------------------------------------------------------------ compliance
+
+    def _filter_fields(source: Any) -> dict[str, str]:
+        fields = {
+            name: (source.get(name) or "").strip()[:255]
+            for name in ("start", "end", "patient", "action", "kind", "client", "outcome")
+        }
+        return fields
+
+    def _compliance(
+        fields: dict[str, str],
+        *,
+        message: str | None = None,
+        error: str | None = None,
+        verification: dict[str, Any] | None = None,
+        status: int = 200,
+    ) -> Any:
+        rows: list[AuditRow] = []
+        total = 0
+        searched = any(fields.values()) or request.args.get("search") == "1"
+        if searched and error is None:
+            try:
+                audit_filter = build_filter(**{k: (v or None) for k, v in fields.items()})
+            except AuditQueryError as refused:
+                error = refused.detail or "The search could not be understood."
+            else:
+                offset = max(0, _int(request.args.get("offset"), 0))
+                events, total = audit.search(audit_filter, offset=offset, limit=100)
+                rows = [AuditRow.of(e) for e in events]
+                audit.record(
+                    AuditRecord.in_context(
+                        AUDIT_READ,
+                        interaction="search-type",
+                        patient_ref=fields["patient"] or None,
+                        query=request.full_path if request.query_string else request.path,
+                        details={"matches": str(total), "view": "compliance"},
+                    )
+                )
+        return render_template(
+            "compliance.html",
+            fields=fields,
+            rows=rows,
+            total=total,
+            searched=searched,
+            kinds=sorted(EVENT_KINDS.values(), key=lambda k: k.display),
+            message=message,
+            error=error,
+            verification=verification,
+            formats=list(ExportFormat),
+        ), status
+
+    @bp.route("/compliance", methods=["GET"])
+    @page("compliance")
+    def compliance_page() -> Any:
+        return _compliance(_filter_fields(request.args))
+
+    @bp.route("/compliance/export", methods=["POST"])
+    @page("compliance")
+    def compliance_export() -> Any:
+        fields = _filter_fields(request.form)
+        fmt = request.form.get("format", "ndjson")
+        try:
+            audit_filter = build_filter(**{k: (v or None) for k, v in fields.items()})
+            export_format = ExportFormat.parse(fmt)
+        except AuditQueryError as refused:
+            return _compliance(fields, error=refused.detail or "The export request is not valid.", status=400)
+        _events, matching = audit.search(audit_filter, limit=1)
+        if matching == 0:
+            return _compliance(
+                fields,
+                message="No audit records match these filters, so there is nothing to "
+                "export. Widen the date range or clear a filter.",
+            )
+        user = current_user()
+        assert user is not None  # require_page guarantees it
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, mode="w+", encoding="utf-8")
+        summary = export_audit(
+            audit,
+            spool,
+            fmt=export_format,
+            context=web_audit_context(user),
+            **{k: (v or None) for k, v in fields.items()},
+        )
+        spool.seek(0)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        extension = {"ndjson": "ndjson", "bundle": "json", "csv": "csv"}[export_format.value]
+        data = spool.read().encode("utf-8")
+        spool.close()
+        response = send_file(
+            _bytes(data),
+            mimetype=export_format.media_type,
+            as_attachment=True,
+            download_name=f"radtriage-audit-{stamp}.{extension}",
+        )
+        response.headers["X-Audit-Records"] = str(summary.records)
+        response.headers["X-Audit-Head"] = f"{summary.head.id}:{summary.head.hash}"
+        return response
+
+    @bp.route("/compliance/verify", methods=["POST"])
+    @page("compliance")
+    def compliance_verify() -> Any:
+        fields = _filter_fields(request.form)
+        upload = request.files.get("export_file")
+        if upload is not None and upload.filename:
+            raw = upload.stream.read(MAX_UPLOAD_BYTES + 1)
+            if len(raw) > MAX_UPLOAD_BYTES:
+                return _compliance(
+                    fields,
+                    error="The file is larger than 200 MB; verify it with `radtriage audit verify-export` instead.",
+                    status=413,
+                )
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return _compliance(
+                    fields, error="The file is not a text audit export (NDJSON, JSON or CSV).", status=400
+                )
+            import io
+
+            checked = verify_export(io.StringIO(text), engine=components.engine)
+            _audit_verification("export", checked.ok, {"records": str(checked.records)})
+            verification = {
+                "target": "export",
+                "name": Path(upload.filename).name[:120],
+                "ok": checked.ok,
+                "records": checked.records,
+                "head": checked.head,
+                "first_broken_id": checked.first_broken_id,
+                "reason": checked.reason,
+            }
+        else:
+            result = audit.verify()
+            _audit_verification("database", result.ok, {"checked": str(result.checked)})
+            verification = {
+                "target": "database",
+                "ok": result.ok,
+                "records": result.checked,
+                "head": result.head,
+                "first_broken_id": result.first_broken_id,
+                "reason": result.reason,
+            }
+        return _compliance(fields, verification=verification)
+
+    def _audit_verification(target: str, ok: bool, details: dict[str, str]) -> None:
+        audit.record(
+            AuditRecord.in_context(
+                AUDIT_VERIFIED,
+                outcome=AuditOutcome.SUCCESS if ok else AuditOutcome.SERIOUS_FAILURE,
+                outcome_description=None if ok else f"{target}-broken",
+                details={"target": target, **details},
+            )
+        )
+
+    # ------------------------------------------------------------------ model and operations
+
+    @bp.route("/model", methods=["GET"])
+    @page("model")
+    def model_page() -> Any:
+        from ..model.registry import list_models
+
+        model_error = None
+        try:
+            registered = list_models(components.settings.home)
+        except TriageError as error:
+            registered, model_error = [], error.detail or "The model registry cannot be read."
+        active = next((m for m in registered if m.active), None)
+        card = None
+        plots: list[str] = []
+        evaluation = None
+        if active is not None:
+            card_path = active.path / "MODEL_CARD.md"
+            if card_path.exists():
+                card = render_markdown(card_path.read_text(encoding="utf-8"))
+            plot_dir = active.path / "plots"
+            plots = sorted((p.name for p in plot_dir.glob("*.png")), key=_plot_order) if plot_dir.is_dir() else []
+            evaluation = _evaluation_summary(active.path)
+        ops = operations(components.engine)
+        return render_template(
+            "model.html",
+            models=registered,
+            active=active,
+            model_error=model_error,
+            card=card,
+            plots=plots,
+            evaluation=evaluation,
+            ops=ops,
+            failure_text=FAILURE_TEXT,
+            live=_live_performance(components.engine),
+        )
+
+    @bp.route("/model/plots/<name>", methods=["GET"])
+    @page("model")
+    def model_plot(name: str) -> Any:
+        from ..model.registry import list_models
+
+        active = next((m for m in list_models(components.settings.home) if m.active), None)
+        if active is None or not _PLOT_NAME.match(name):
+            abort(404)
+        path = active.path / "plots" / name
+        if not path.is_file():
+            abort(404)
+        response = send_file(path, mimetype="image/png", max_age=3600)
+        response.headers["Cache-Control"] = "private, max-age=3600"
+        return response
+
+    return bp
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+class _UserSource:
+    """The user directory: given, or read from the users file and re-read when the file changes."""
+
+    def __init__(self, settings: WebSettings, users: UserDirectory | None) -> None:
+        self._fixed = users
+        self._path = Path(settings.users_file) if settings.users_file else None
+        self._loaded: tuple[float, UserDirectory] | None = None
+        if users is None and self._path is None:
+            log.warning("no web users file (web_users): nobody can sign in to the web pages")
+        if users is None and self._path is not None:
+            self.get()  # a missing or malformed users file stops the start, not the first sign-in
+
+    def get(self) -> UserDirectory:
+        if self._fixed is not None:
+            return self._fixed
+        if self._path is None:
+            return UserDirectory()
+        try:
+            mtime = self._path.stat().st_mtime
+            if self._loaded is None or self._loaded[0] != mtime:
+                self._loaded = (mtime, UserDirectory.from_file(self._path))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            if self._loaded is None:
+                raise ValueError(f"the web users file {self._path} cannot be read ({type(error).__name__})") from None
+            # Edited into a broken state while running: keep the last good list rather than lock everyone out.
+            log.error("the web users file cannot be read (%s); keeping the previous users", type(error).__name__)
+            return self._loaded[1]
+        return self._loaded[1]
+
+
+def _live_performance(engine: Any) -> dict[str, Any] | None:
+    """Live performance against radiologists' final reports, from `radtriage.monitoring` when it is installed
+    (None when it is not, or cannot answer: the page then shows the evaluation and the job tables only)."""
+    if importlib.util.find_spec("radtriage.monitoring") is None:
+        return None
+    try:
+        from ..monitoring import metrics  # optional: built alongside these pages
+
+        cases = metrics.labelled_cases(engine)
+        summary: dict[str, Any] = metrics.performance(cases, bootstrap=0, group_by=())
+    except Exception as error:  # an optional panel must never take the page down
+        log.warning("live monitoring figures unavailable (%s)", type(error).__name__)
+        return None
+    rows = []
+    for label, m in (summary.get("findings") or {}).items():
+        rows.append(
+            {
+                "label": label,
+                "n": m.get("n"),
+                "positives": m.get("positives"),
+                "sensitivity": (m.get("sensitivity") or {}).get("value"),
+                "specificity": (m.get("specificity") or {}).get("value"),
+                "auroc": (m.get("auroc") or {}).get("value"),
+            }
+        )
+    return {"cases": summary.get("cases", 0), "rows": rows}
+
+
+def _plot_order(name: str) -> tuple[int, str, str]:
+    """ROC curves first, then calibration, each by finding: the order a reader compares them in."""
+    kind, _, finding = name.removesuffix(".png").partition("_")
+    return ({"roc": 0, "calibration": 1}.get(kind, 2), finding, name)
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this site (no scheme, no host, no protocol-relative ``//``): no open redirect."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target and "\n" not in target:
+        return target
+    return ""
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text or default)
+    except ValueError:
+        return default
+
+
+def _bytes(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
+def _evaluation_summary(folder: Path) -> dict[str, Any] | None:
+    """Headline numbers from the artefact's evaluation.json: per label, on the held-out test split and on the
+    external data, AUROC (with its 95% interval), sensitivity and specificity at the operating threshold."""
+    path = folder / "evaluation.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    sections = []
+    for key in ("held_out", "external"):
+        block = data.get(key)
+        if not isinstance(block, dict):
+            continue
+        everything = (block.get("groups") or {}).get("all") or {}
+        rows = []
+        for label, m in everything.items():
+            if not isinstance(m, dict):
+                continue
+            interval = m.get("auroc_ci95") or [None, None]
+            rows.append(
+                {
+                    "label": label,
+                    "n": m.get("n"),
+                    "positives": m.get("positives"),
+                    "auroc": m.get("auroc"),
+                    "ci_low": interval[0],
+                    "ci_high": interval[1],
+                    "sensitivity": m.get("recall"),
+                    "specificity": m.get("specificity"),
+                    "threshold": m.get("threshold"),
+                }
+            )
+        sections.append({"name": block.get("description") or key, "images": block.get("images"), "rows": rows})
+    return {
+        "evaluated_at": data.get("evaluated_at"),
+        "threshold_source": data.get("threshold_source"),
+        "target_sensitivity": data.get("target_sensitivity"),
+        "sections": sections,
+    }
+
+
+__all__ = ["web_blueprint", "render_message", "masked_patient"]
