@@ -58,6 +58,21 @@ class Settings:
     #: Days to keep studies' derived data and pixel caches; 0 keeps them. The audit trail is always kept.
     retention_days: int = 0
 
+    # --- Draft reports and monitoring (radtriage.monitoring, radtriage.model.drafting) ---
+    #: Draft preliminary reports for routine studies: off | shadow (recorded, not sent) | on.
+    drafting_mode: str = "off"
+    #: Margin below each threshold for a draft: "0.005", or per finding "Effusion=0.01,*=0.005".
+    drafting_margin: str = "0.0"
+    drafting_target_npv: float = 0.95
+    metrics_window_days: int = 30
+    #: Population stability index above which score drift raises an alert; cases needed before it is computed.
+    drift_psi_alert: float = 0.25
+    drift_min_cases: int = 30
+    #: Sensitivity ("any abnormality") below which an alert is raised; 0 = no floor.
+    performance_floor_sensitivity: float = 0.0
+    #: URL that receives alerts as JSON (optional).
+    alert_webhook: str = ""
+    recalibration_target_sensitivity: float = 0.9
     # --- Web pages (radtriage.web; docs/web.md) ---
     #: Users file (JSON; scrypt hashes; `python -m radtriage.web.users add`) and the session signing secret.
     web_users: str = ""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..monitoring.wiring import Monitoring
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Components:
     service: TriageService
     audit: AuditLog
     access: AccessControl | None = None
+    #: Draft reports, final-report intake, live metrics and drift (set by `install_monitoring`).
+    monitoring: Monitoring | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -141,6 +144,8 @@ def build_components(
     from ..compliance.auth import check_production_secrets
     from ..imaging.selection import select_instance
     from ..model.policy import load_policy
+    from ..monitoring.annotations import monitored_scorer_factory
+    from ..monitoring.wiring import install_monitoring
 
     settings = settings or load_settings()
     check_production_secrets(settings)
@@ -155,21 +160,30 @@ def build_components(
         source=study_source or build_study_source(settings),
         selector=select_instance,
         policy=load_policy(settings.policy or None),
-        scorer=scorer_factory or model_scorer_factory(settings),
+        # Records what the model sees (input drift) and applies locally recalibrated thresholds.
+        scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
     )
     queue.bind(service.run_job)
-    return Components(settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit))
+    components = Components(
+        settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit)
+    )
+    install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
+    return components
 
 
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
-    """The WSGI application: the FHIR door (and, later, the web pages) on top of one set of components."""
+    """The WSGI application: the FHIR door, the monitoring endpoints and the web pages on one set of components."""
     from flask import Flask
 
     from ..compliance.flask_auth import auth_blueprint, install_access_control
     from ..fhir.api import fhir_blueprint
     from ..fhir.devices import models_from_results
+    from ..monitoring.api import monitoring_blueprint
+    from ..monitoring.wiring import install_monitoring
+    from ..web import web_blueprint  # the pages for people (sign-in, worklist, study, audit, model)
 
     components = components or build_components(settings)
+    monitoring = install_monitoring(components)  # idempotent
     app = Flask("radtriage")
     app.extensions["radtriage"] = components
     install_access_control(app, components.access)
@@ -180,9 +194,10 @@ def create_app(settings: Settings | None = None, components: Components | None =
         audit=components.audit,
         find_model=models_from_results(components.store),
         base_url=base_url,
+        find_draft=monitoring.drafts,
+        receive_final_report=monitoring.fhir_report_receiver(),
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
-    from ..web import web_blueprint  # the pages for people (sign-in, worklist, study, audit, model)
-
-    app.register_blueprint(web_blueprint(components))
+    app.register_blueprint(monitoring_blueprint(monitoring))
+    app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app

@@ -12,6 +12,9 @@ route                                   what                                    
 ``POST /``                              transaction Bundle of both → transaction-response    ``.c`` of each entry type
 ``GET /Task/<id>``, ``/Task?...``       the Task (status, priority, statusReason, output)    ``Task.r``, ``Task.s``
 ``GET /DiagnosticReport/<id>``, ``?``   the preliminary report once the study is scored      ``DiagnosticReport.r/s``
+``POST /DiagnosticReport``              a radiologist's final report (monitoring; only when  ``DiagnosticReport.c``
+                                        the app passes `receive_final_report`) → ``201`` +
+                                        an informational OperationOutcome
 ``GET /Observation/<id>``               one finding                                          ``Observation.r``
 ``GET /Provenance/<id>``, ``?target=``  who made a result (the model's Device), from what    ``Provenance.r/s``
 ``GET /Device/<id>``                    the model (name, version, weights' sha256)           ``Device.r``
@@ -160,12 +163,17 @@ def fhir_blueprint(
     audit: AuditLog,
     find_model: ModelLookup,
     base_url: str | None = None,
+    find_draft: Callable[[str], str | None] | None = None,
+    receive_final_report: Callable[[Any], tuple[JsonObject, int]] | None = None,
 ) -> Blueprint:
     """The FHIR door over `service`.
 
     `audit` receives the records of reads and searches and serves AuditEvent; `find_model` resolves
     ``Device/<id>`` (`devices.models_from_results`); `base_url` fixes the base used in links (by default it is
     the request's). Access control is whatever the app installed (`flask_auth.install_access_control`).
+    `find_draft` gives the draft report text to send for a job id (drafting mode "on"; `radtriage.monitoring`),
+    and `receive_final_report` takes radiologists' final reports (``POST /DiagnosticReport``); without them
+    reports carry no draft and the route does not exist.
     """
     blueprint = Blueprint("fhir", __name__)
     prefixes: list[str] = []
@@ -271,7 +279,7 @@ def fhir_blueprint(
     def read_report(report_id: str) -> Response:
         """The preliminary DiagnosticReport of a scored job (id = job id)."""
         job, order, result = _scored(service, _checked_id(report_id, "DiagnosticReport"), "DiagnosticReport")
-        report = mapping.diagnostic_report(order, job, result)
+        report = mapping.diagnostic_report(order, job, result, draft=find_draft(job.id) if find_draft else None)
         auditor.read(RESULT_READ, Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
         return _fhir_response(report)
 
@@ -299,7 +307,8 @@ def fhir_blueprint(
         for result in results[:count]:
             job = service.job(result.job_id)
             order = service.order(job.order_id)
-            resources.append(mapping.diagnostic_report(order, job, result))
+            draft = find_draft(job.id) if find_draft else None
+            resources.append(mapping.diagnostic_report(order, job, result, draft=draft))
             returned.append(Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
         auditor.search(RESULT_READ, returned, searched_patient=patient_ref)
         return _searchset("DiagnosticReport", resources, total, args, count, offset, fhir_base())
@@ -317,6 +326,12 @@ def fhir_blueprint(
             raise TriageError(ErrorCode.NOT_FOUND, "no Observation with this id")
         auditor.read(RESULT_READ, Returned(f"Observation/{resource['id']}", order.patient_ref))
         return _fhir_response(resource)
+
+    def post_final_report() -> Response:
+        """Receives a radiologist's final DiagnosticReport for continuous evaluation (not stored as a resource)."""
+        assert receive_final_report is not None  # the route exists only with it
+        outcome, status = receive_final_report(_read_json_body())
+        return _fhir_response(outcome, status)
 
     # ------------------------------------------------------------------ provenance of AI output
 
@@ -466,7 +481,7 @@ def fhir_blueprint(
     # ------------------------------------------------------------------ routing
 
     #: (rule, view, method, the SMART scope it needs: None = open, "" = per transaction entry, see above)
-    routes: Sequence[tuple[str, Callable[..., Response], str, str | None]] = (
+    routes: list[tuple[str, Callable[..., Response], str, str | None]] = [
         ("/", post_transaction, "POST", ""),
         ("/ImagingStudy", post_imaging_study, "POST", "system/ImagingStudy.c"),
         ("/ServiceRequest", post_service_request, "POST", "system/ServiceRequest.c"),
@@ -483,7 +498,9 @@ def fhir_blueprint(
         ("/$audit-export", export_audit_trail, "GET", "system/AuditEvent.rs"),
         ("/metadata", capabilities, "GET", None),
         ("/.well-known/smart-configuration", smart_configuration, "GET", None),
-    )
+    ]
+    if receive_final_report is not None:
+        routes.append(("/DiagnosticReport", post_final_report, "POST", "system/DiagnosticReport.c"))
     for rule, view, method, scope in routes:
         guarded = view
         if scope is not None:

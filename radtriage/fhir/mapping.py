@@ -58,6 +58,7 @@ report, the Observations and the Task, with the ImagingStudy and the ServiceRequ
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -590,8 +591,13 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
     return _dump(Task, task)
 
 
-def diagnostic_report(order: ImagingOrder, job: Job, result: TriageResult) -> JsonObject:
-    """The preliminary triage report of a scored job (id = job id), pointing at one Observation per finding."""
+def diagnostic_report(order: ImagingOrder, job: Job, result: TriageResult, *, draft: str | None = None) -> JsonObject:
+    """The preliminary triage report of a scored job (id = job id), pointing at one Observation per finding.
+
+    With a `draft` (a routine study drafted by `radtriage.model.drafting`, drafting mode "on"), the draft is the
+    conclusion and also the ``presentedForm`` (text/plain, UTF-8, base64); the status stays ``preliminary``,
+    because a radiologist signs the report.
+    """
     report: JsonObject = {
         "resourceType": "DiagnosticReport",
         "id": job.id,
@@ -615,6 +621,17 @@ def diagnostic_report(order: ImagingOrder, job: Job, result: TriageResult) -> Js
         ],
         "conclusion": conclusion(result),
     }
+    if draft:
+        report["conclusion"] = f"{draft}\n{report['conclusion']}"
+        report["presentedForm"] = [
+            {
+                "contentType": "text/plain; charset=utf-8",
+                "language": "en",
+                "data": base64.b64encode(draft.encode("utf-8")).decode("ascii"),
+                "title": "Preliminary draft report by AI (not signed)",
+                "creation": _instant(result.created_at or job.updated_at),
+            }
+        ]
     if order.service_request_ref:
         report["basedOn"] = [_service_request_reference(order)]
     return _dump(DiagnosticReport, report)

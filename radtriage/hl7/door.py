@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from ..app.config import Settings
 from ..app.core.service import TriageService
-from .handlers import OrderReceiver, ReceiverSettings
+from .handlers import OrderReceiver, ReceiverSettings, ReportHandler
 from .mapping import ReaderOptions
 from .mllp import MLLPClient, MLLPServer, PeerAllowList, client_ssl_context, server_ssl_context
 from .outbound import Endpoints, OutboundOptions, OutboundStyle
@@ -74,12 +74,18 @@ class HL7Door:
 
 
 def build_hl7_door(
-    components: ServiceComponents, settings: Settings | None = None, *, listen_port: int | None = None
+    components: ServiceComponents,
+    settings: Settings | None = None,
+    *,
+    listen_port: int | None = None,
+    report_handler: ReportHandler | None = None,
 ) -> HL7Door:
     """The HL7 door on top of the service's components.
 
     The listener is created when ``settings.mllp_port`` is set, or when `listen_port` is given (0 binds any
-    free port: tests). The outbox publisher is registered with the service and the sender created when a RIS
+    free port: tests). ORU^R01 final reports go to `report_handler`, by default to the one the components'
+    ``monitoring`` offers (``hl7_report_handler()``, radtriage.monitoring); without one they are answered AR.
+    The outbox publisher is registered with the service and the sender created when a RIS
     is configured (``ris_host`` and ``ris_port``). Nothing starts until `HL7Door.start()`.
     """
     settings = settings or components.settings
@@ -100,6 +106,11 @@ def build_hl7_door(
             reader=ReaderOptions(study_uid_field=settings.hl7_study_uid_field, priority_map=priority_map),
         ),
     )
+    if report_handler is None:
+        monitoring = getattr(components, "monitoring", None)
+        offer = getattr(monitoring, "hl7_report_handler", None)
+        report_handler = offer() if callable(offer) else None
+    receiver.reports = report_handler
     door = HL7Door(receiver=receiver, outbox=outbox)
 
     port = settings.mllp_port if listen_port is None else listen_port

@@ -11,6 +11,8 @@ message sent again (same MSH-3/4 and MSH-10)            the ACK stored the first
 not HL7 (no MSH, unusable encoding characters)          AR     100 / 102 at MSH-2
 sender not allowed                                      AR     207
 unsupported type / trigger / version / processing id    AR     200 / 201 / 203 / 202
+ORU^R01 without a report handler                        AR     200 at MSH-9.1
+ORU^R01 the report handler finds wrong                  AE     what the handler says (100 / 101 / 102)
 the service cannot take work (database down, stopping)  AR     207
 over the size limit                                     AE     207
 unknown character set                                   AE     103 at MSH-18
@@ -20,6 +22,8 @@ cancel of an unknown order                              AE     204 at ORC-2
 ======================================================  =====  ===========================================
 
 AA is sent only after `TriageService.submit_order` has returned, i.e. after the order is committed.
+ORU^R01 (radiologists' final reports) go to the `ReportHandler` the receiver was given (radtriage.monitoring's
+``OruHandler``); AA once it has stored them.
 AR answers are not stored: AR means "try later", and the later try must be processed.
 """
 
@@ -31,7 +35,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..app.core.domain import Priority
 from ..app.core.errors import ErrorCode, TriageError
@@ -68,6 +72,12 @@ class ReceiverSettings:
     reader: ReaderOptions = field(default_factory=ReaderOptions)
 
 
+class ReportHandler(Protocol):
+    """Takes the final reports of an ORU^R01 (already decoded and parsed); returns the issues for an AE."""
+
+    def __call__(self, message: er7.Message, header: MessageHeader) -> Sequence[Hl7Issue]: ...
+
+
 class _Answer(Exception):
     """Raised inside the receiver to answer the message at once."""
 
@@ -81,10 +91,17 @@ class _Answer(Exception):
 class OrderReceiver:
     """The MLLP frame handler of the HL7 door. Thread-safe: one instance serves every connection."""
 
-    def __init__(self, service: TriageService, store: HL7Store, settings: ReceiverSettings | None = None) -> None:
+    def __init__(
+        self,
+        service: TriageService,
+        store: HL7Store,
+        settings: ReceiverSettings | None = None,
+        reports: ReportHandler | None = None,
+    ) -> None:
         self.service = service
         self.store = store
         self.settings = settings or ReceiverSettings()
+        self.reports = reports
         #: Cleared while the door stops: messages are then answered AR ("try later") instead of half-processed.
         self.accepting = True
 
@@ -159,6 +176,10 @@ class OrderReceiver:
                 log.info("HL7 %s %s from %s is a repeat", header.message_code, header.control_id, header.sender)
             return earlier.ack
         unsupported = check_supported(header, self.settings.processing_ids)
+        if unsupported is None and header.message_type == "ORU" and self.reports is None:
+            unsupported = Hl7Issue(
+                ErrorCondition.UNSUPPORTED_MESSAGE_TYPE, "results are not received here", Location("MSH", 9, 1)
+            )
         if unsupported is not None:
             raise _Answer(AckCode.REJECT, unsupported, store=False)
         if not self.accepting:
@@ -171,6 +192,11 @@ class OrderReceiver:
         if note:
             log.info("HL7 %s %s from %s: %s", header.message_code, header.control_id, header.sender, note)
         message = er7.parse(text)
+        if header.message_type == "ORU" and self.reports is not None:
+            report_issues = self.reports(message, read_header(message))
+            if report_issues:
+                raise _Answer(AckCode.ERROR, *report_issues)
+            return self._ack(header, AckCode.ACCEPT, (), payload, store=True)
         # The header again, now in the right character set, for the order's context. The ACK keeps echoing the
         # header as read from the raw bytes, so that MSA-2 and MSH-5/6 are byte for byte what the sender sent.
         requests, issues = read_orders(message, read_header(message), self.settings.reader)

@@ -33,6 +33,8 @@ SOURCE = "hl7"
 SUPPORTED_MESSAGES: dict[tuple[str, str], tuple[str, ...]] = {
     ("ORM", "O01"): ("2.3", "2.3.1", "2.4", "2.5", "2.5.1"),
     ("OMI", "O23"): ("2.5", "2.5.1"),
+    # Radiologists' final reports, read by the report handler the door is given (radtriage.monitoring).
+    ("ORU", "R01"): ("2.3", "2.3.1", "2.4", "2.5", "2.5.1"),
 }
 
 #: MSH-18 (HL7 table 0211, plus the DICOM-style names some systems use) → Python codec. Only character sets

@@ -381,11 +381,12 @@ class LabelledStudySource(Protocol):
 class DatabaseLabelledStudies:
     """Studies in radtriage's database with labels from radiologists' final reports.
 
-    The table `report_labels` below is the interface: one row per (study, finding) as read from the final
-    report, plus the path of the study's exported frontal image. TODO(lead): the issue that collects report
-    labels from the RIS/EHR fills this table; add it to ``radtriage/app/storage/tables.py`` with an Alembic
-    migration (its definition here is what this adapter reads and what the tests create). Patient references are
-    hashed before they leave this class: the split needs to know which images share a patient, not who it is.
+    The table `report_labels` (declared in ``radtriage/app/storage/monitoring_tables.py``, created by migration
+    0004, filled by `radtriage.monitoring.reports`) is the interface: one row per (study, finding) as read from
+    the final report, plus the path of the study's exported frontal image (written by
+    `radtriage.monitoring.feedback`). Rows whose image is not exported yet, and uncertain mentions ("possible
+    effusion"), are left out: an uncertain label is missing, never guessed. Patient references are hashed before
+    they leave this class: the split needs to know which images share a patient, not who it is.
     """
 
     def __init__(self, engine: Any, image_root: str | os.PathLike[str], source: str = "radtriage") -> None:
@@ -399,8 +400,14 @@ class DatabaseLabelledStudies:
         table = report_labels_table()
         by_study: dict[str, dict[str, Any]] = {}
         with self._engine.connect() as connection:
-            rows = connection.execute(select(table).order_by(table.c.study_instance_uid, table.c.label)).mappings()
+            rows = connection.execute(
+                select(table)
+                .where(table.c.image_path.is_not(None), table.c.image_path != "")
+                .order_by(table.c.study_instance_uid, table.c.label)
+            ).mappings()
             for row in rows:
+                if row["certainty"] == "uncertain":
+                    continue
                 study = by_study.setdefault(row["study_instance_uid"], {
                     "patient": hashlib.sha256(row["patient_ref"].encode()).hexdigest()[:16],
                     "image": row["image_path"], "view": row["view"], "sex": row["sex"], "age": row["age"],
@@ -433,32 +440,10 @@ class DatabaseLabelledStudies:
 
 
 def report_labels_table() -> Any:
-    """The SQLAlchemy table `DatabaseLabelledStudies` reads (see its docstring)."""
-    global _REPORT_LABELS
-    if _REPORT_LABELS is None:
-        from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
+    """The SQLAlchemy table `DatabaseLabelledStudies` reads: the service's own ``report_labels`` table."""
+    from radtriage.app.storage.monitoring_tables import report_labels
 
-        _REPORT_LABELS = Table(
-            "report_labels",
-            MetaData(),
-            Column("id", Integer, primary_key=True, autoincrement=True),
-            Column("study_instance_uid", String(64), nullable=False),
-            Column("patient_ref", String(255), nullable=False),
-            #: The exported frontal image, relative to the adapter's image root.
-            Column("image_path", String(1024), nullable=False),
-            Column("view", String(16)),
-            Column("sex", String(1)),
-            Column("age", Float),
-            #: A torchxrayvision label name, or "abnormal" for the report's overall normal/abnormal call.
-            Column("label", String(64), nullable=False),
-            Column("value", Float, nullable=False),
-            Column("report_ref", String(255)),
-            Column("labelled_at", DateTime(timezone=True)),
-        )
-    return _REPORT_LABELS
-
-
-_REPORT_LABELS: Any = None
+    return report_labels
 
 
 # ------------------------------------------------------------------------------------------ labelling

@@ -1,0 +1,58 @@
+"""Monitoring over HTTP: ``GET /metrics`` (Prometheus text format 0.0.4) and ``GET /monitoring/metrics.json``.
+
+Both take ``days`` (the window, default the ``metrics_window_days`` setting) and serve aggregate figures only:
+no patient data, no report text. Each request also runs the drift and performance-floor checks, so a Prometheus
+scrape is enough to raise alerts (an alert is not repeated within a day). Mount with
+``app.register_blueprint(monitoring_blueprint(monitoring))`` (no prefix: the paths are the conventional ones).
+Protect ``/metrics`` as any operations endpoint is protected (network policy or a reverse proxy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from flask import Blueprint, Response, request
+
+from .live import prometheus_text, snapshot
+from .wiring import Monitoring
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def monitoring_blueprint(monitoring: Monitoring) -> Blueprint:
+    blueprint = Blueprint("monitoring", __name__)
+
+    def window_days() -> float | None:
+        raw = request.args.get("days")
+        if raw is None:
+            return None
+        try:
+            days = float(raw)
+        except ValueError:
+            days = -1.0
+        if not math.isfinite(days) or not 0 < days <= 3660:
+            raise _BadWindow()
+        return days
+
+    @blueprint.get("/metrics")
+    def prometheus() -> Response:
+        # No bootstrap: Prometheus shows no intervals, and a scrape every few seconds must stay cheap.
+        snap = snapshot(monitoring, days=window_days(), bootstrap=0)
+        return Response(prometheus_text(snap), content_type=PROMETHEUS_TEXT)
+
+    @blueprint.get("/monitoring/metrics.json")
+    def metrics_json() -> Response:
+        body = json.dumps(snapshot(monitoring, days=window_days()), allow_nan=False, default=str)
+        return Response(body, content_type="application/json")
+
+    @blueprint.errorhandler(_BadWindow)
+    def bad_window(_: _BadWindow) -> Response:
+        return Response(json.dumps({"error": "days must be a number of days in (0, 3660]"}), status=400,
+                        content_type="application/json")
+
+    return blueprint
+
+
+class _BadWindow(Exception):
+    pass
