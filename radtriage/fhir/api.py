@@ -18,6 +18,7 @@ route                                   what                                    
 ``GET /Observation/<id>``               one finding                                          ``Observation.r``
 ``GET /Provenance/<id>``, ``?target=``  who made a result (the model's Device), from what    ``Provenance.r/s``
 ``GET /Device/<id>``                    the model (name, version, weights' sha256)           ``Device.r``
+``GET /Binary/heatmap-<job>-<n>``       a positive finding's heatmap (PNG, or FHIR Binary)   ``Binary.r``
 ``GET /AuditEvent/<id>``, ``?...``      the audit trail, for the compliance role             ``AuditEvent.r/s``
 ``GET /$audit-export?...``              the audit trail as NDJSON, Bundle or CSV             ``AuditEvent.rs``
 ``GET /metadata``                       CapabilityStatement generated from these routes      (open)
@@ -279,7 +280,13 @@ def fhir_blueprint(
     def read_report(report_id: str) -> Response:
         """The preliminary DiagnosticReport of a scored job (id = job id)."""
         job, order, result = _scored(service, _checked_id(report_id, "DiagnosticReport"), "DiagnosticReport")
-        report = mapping.diagnostic_report(order, job, result, draft=find_draft(job.id) if find_draft else None)
+        report = mapping.diagnostic_report(
+            order,
+            job,
+            result,
+            draft=find_draft(job.id) if find_draft else None,
+            heatmap_labels=service.store.heatmap_labels(job.id),
+        )
         auditor.read(RESULT_READ, Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
         return _fhir_response(report)
 
@@ -308,7 +315,8 @@ def fhir_blueprint(
             job = service.job(result.job_id)
             order = service.order(job.order_id)
             draft = find_draft(job.id) if find_draft else None
-            resources.append(mapping.diagnostic_report(order, job, result, draft=draft))
+            heatmaps = service.store.heatmap_labels(job.id)
+            resources.append(mapping.diagnostic_report(order, job, result, draft=draft, heatmap_labels=heatmaps))
             returned.append(Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
         auditor.search(RESULT_READ, returned, searched_patient=patient_ref)
         return _searchset("DiagnosticReport", resources, total, args, count, offset, fhir_base())
@@ -326,6 +334,24 @@ def fhir_blueprint(
             raise TriageError(ErrorCode.NOT_FOUND, "no Observation with this id")
         auditor.read(RESULT_READ, Returned(f"Observation/{resource['id']}", order.patient_ref))
         return _fhir_response(resource)
+
+    @refusals_audited(RESULT_READ, "Binary")
+    def read_binary(binary_id: str) -> Response:
+        """A heatmap overlay (``heatmap-<job id>-<n>``): the PNG itself when the client accepts image/png,
+        else a FHIR Binary with the PNG in base64."""
+        parsed = mapping.parse_heatmap_binary_id(_checked_id(binary_id, "Binary"))
+        if parsed is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no Binary with this id")
+        job_id, n = parsed
+        job, order, _result = _scored(service, job_id, "Binary")
+        labels = service.store.heatmap_labels(job.id)
+        png = service.store.heatmap_png(job.id, labels[n - 1]) if n <= len(labels) else None
+        if png is None:
+            raise TriageError(ErrorCode.NOT_FOUND, "no Binary with this id")
+        auditor.read(RESULT_READ, Returned(f"Binary/{binary_id}", order.patient_ref))
+        if request.accept_mimetypes.best_match([FHIR_JSON, "application/json", "image/png"]) == "image/png":
+            return Response(png, status=200, mimetype="image/png")
+        return _fhir_response(mapping.heatmap_binary(job.id, n, png, f"DiagnosticReport/{job.id}"))
 
     def post_final_report() -> Response:
         """Receives a radiologist's final DiagnosticReport for continuous evaluation (not stored as a resource)."""
@@ -493,6 +519,7 @@ def fhir_blueprint(
         ("/Provenance", search_provenance, "GET", "system/Provenance.s"),
         ("/Provenance/<provenance_id>", read_provenance, "GET", "system/Provenance.r"),
         ("/Device/<device_id>", read_device, "GET", "system/Device.r"),
+        ("/Binary/<binary_id>", read_binary, "GET", "system/Binary.r"),
         ("/AuditEvent", search_audit_events, "GET", "system/AuditEvent.s"),
         ("/AuditEvent/<event_id>", read_audit_event, "GET", "system/AuditEvent.r"),
         ("/$audit-export", export_audit_trail, "GET", "system/AuditEvent.rs"),
@@ -505,7 +532,7 @@ def fhir_blueprint(
         guarded = view
         if scope is not None:
             guarded = with_request_context(guarded)
-        if view is not export_audit_trail and view is not smart_configuration:  # those choose their own media type
+        if view not in (export_audit_trail, smart_configuration, read_binary):  # those choose their own media type
             guarded = _negotiated(guarded)
         if scope == "":
             guarded = authenticated(guarded)

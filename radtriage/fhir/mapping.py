@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
+from fhir.resources.R4B.binary import Binary
 from fhir.resources.R4B.bundle import Bundle, BundleEntry
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.identifier import Identifier
@@ -539,6 +540,29 @@ def parse_observation_id(observation: str) -> tuple[str, int] | None:
     return job_id, int(number)
 
 
+def heatmap_binary_id(job_id: str, n: int) -> str:
+    """The Binary id of the n-th (1-based) heatmap of a result."""
+    return f"heatmap-{job_id}-{n}"
+
+
+def parse_heatmap_binary_id(binary_id: str) -> tuple[str, int] | None:
+    """(job id, 1-based heatmap number) of a heatmap Binary id, or None when it cannot be one of ours."""
+    prefix, _, rest = binary_id.partition("-")
+    return parse_observation_id(rest) if prefix == "heatmap" and rest else None
+
+
+def heatmap_binary(job_id: str, n: int, png: bytes, report_ref: str) -> JsonObject:
+    """A heatmap overlay as a FHIR Binary (for clients that ask for JSON rather than the PNG itself)."""
+    binary: JsonObject = {
+        "resourceType": "Binary",
+        "id": heatmap_binary_id(job_id, n),
+        "contentType": "image/png",
+        "securityContext": {"reference": report_ref},
+        "data": base64.b64encode(png).decode("ascii"),
+    }
+    return _dump(Binary, binary)
+
+
 def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) -> JsonObject:
     """The FHIR Task that tracks one job (id = job id)."""
     task: JsonObject = {
@@ -591,12 +615,20 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
     return _dump(Task, task)
 
 
-def diagnostic_report(order: ImagingOrder, job: Job, result: TriageResult, *, draft: str | None = None) -> JsonObject:
+def diagnostic_report(
+    order: ImagingOrder,
+    job: Job,
+    result: TriageResult,
+    *,
+    draft: str | None = None,
+    heatmap_labels: Sequence[str] = (),
+) -> JsonObject:
     """The preliminary triage report of a scored job (id = job id), pointing at one Observation per finding.
 
     With a `draft` (a routine study drafted by `radtriage.model.drafting`, drafting mode "on"), the draft is the
     conclusion and also the ``presentedForm`` (text/plain, UTF-8, base64); the status stays ``preliminary``,
-    because a radiologist signs the report.
+    because a radiologist signs the report. Each of `heatmap_labels` (positive findings whose heatmap the worker
+    stored) adds a ``presentedForm`` PNG by reference, ``Binary/heatmap-<job id>-<n>``.
     """
     report: JsonObject = {
         "resourceType": "DiagnosticReport",
@@ -632,6 +664,16 @@ def diagnostic_report(order: ImagingOrder, job: Job, result: TriageResult, *, dr
                 "creation": _instant(result.created_at or job.updated_at),
             }
         ]
+    if heatmap_labels:
+        report.setdefault("presentedForm", []).extend(
+            {
+                "contentType": "image/png",
+                "url": f"Binary/{heatmap_binary_id(job.id, n)}",
+                "title": f"Heatmap, {label}: where the model looked (Grad-CAM over the image the model saw)",
+                "creation": _instant(result.created_at or job.updated_at),
+            }
+            for n, label in enumerate(heatmap_labels, start=1)
+        )
     if order.service_request_ref:
         report["basedOn"] = [_service_request_reference(order)]
     return _dump(DiagnosticReport, report)
