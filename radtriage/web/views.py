@@ -677,8 +677,10 @@ def web_blueprint(
             plots = sorted((p.name for p in plot_dir.glob("*.png")), key=_plot_order) if plot_dir.is_dir() else []
             evaluation = _evaluation_summary(active.path)
         ops = operations(components.engine)
+        live_charts = _live_charts(components)
         return render_template(
             "model.html",
+            live_charts=live_charts,
             models=registered,
             active=active,
             model_error=model_error,
@@ -689,6 +691,17 @@ def web_blueprint(
             failure_text=FAILURE_TEXT,
             live=_live_performance(components.engine),
         )
+
+    @bp.route("/model/live/<name>", methods=["GET"])
+    @page("model")
+    def live_plot(name: str) -> Any:
+        """A chart of the live report (`_live_charts` draws them at most once a minute)."""
+        path = _live_folder(components) / "plots" / name
+        if not _PLOT_NAME.match(name) or not path.is_file():
+            abort(404)
+        response = send_file(path, mimetype="image/png", max_age=60)
+        response.headers["Cache-Control"] = "private, max-age=60"
+        return response
 
     @bp.route("/model/plots/<name>", methods=["GET"])
     @page("model")
@@ -769,10 +782,41 @@ def _live_performance(engine: Any) -> dict[str, Any] | None:
     return {"cases": summary.get("cases", 0), "rows": rows}
 
 
+#: The live report behind the charts is redrawn at most this often (it recomputes every metric).
+LIVE_REPORT_SECONDS = 60
+
+
+def _live_folder(components: Any) -> Path:
+    return Path(components.settings.home) / "cache" / "web" / "live"
+
+
+def _live_charts(components: Any) -> dict[str, Any] | None:
+    """Trend, ROC and calibration against final reports, and the drift checks, from `radtriage.monitoring`'s own
+    report (drawn into the web cache, at most once a minute). None when monitoring is not installed or fails."""
+    monitoring = getattr(components, "monitoring", None)
+    if monitoring is None:
+        return None
+    folder = _live_folder(components)
+    metrics_file = folder / "metrics.json"
+    try:
+        import time
+
+        if not metrics_file.exists() or time.time() - metrics_file.stat().st_mtime > LIVE_REPORT_SECONDS:
+            from ..monitoring.report import write_report
+
+            write_report(monitoring, folder)
+        snapshot = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except Exception as error:  # an optional panel must never take the page down
+        log.warning("live monitoring charts unavailable (%s)", type(error).__name__)
+        return None
+    plots = sorted((p.name for p in (folder / "plots").glob("*.png")), key=_plot_order)
+    return {"plots": plots, "drift": snapshot.get("drift", []), "window": snapshot.get("window", {})}
+
+
 def _plot_order(name: str) -> tuple[int, str, str]:
     """ROC curves first, then calibration, each by finding: the order a reader compares them in."""
     kind, _, finding = name.removesuffix(".png").partition("_")
-    return ({"roc": 0, "calibration": 1}.get(kind, 2), finding, name)
+    return ({"trend": -1, "roc": 0, "calibration": 1}.get(kind.removesuffix(".png"), 2), finding, name)
 
 
 def _safe_next(target: str) -> str:

@@ -499,3 +499,24 @@ def test_the_model_page_shows_the_active_model_its_card_plots_and_operations(
     assert page.index("roc_Pneumonia.png") < page.index("calibration_Pneumonia.png")
     assert client.get("/model/plots/..%2Fmanifest.json").status_code == 404
     assert client.get("/model/plots/missing.png").status_code == 404
+
+
+def test_the_model_page_charts_live_performance_and_drift(
+    client: FlaskClient, components: Components, archive: Archive
+) -> None:
+    """Scored studies with radiologists' final reports: the page shows drift checks and live charts that load."""
+    from radtriage.monitoring.reports import FinalReport
+
+    for n, text in enumerate(("Right lower lobe pneumonia.", "No acute cardiopulmonary abnormality."), start=1):
+        _o, job = order(components, archive.chest, accession=f"LIVE{n}", patient=f"Patient/live-{n}")
+        wait_terminal(components, job.id)
+        components.monitoring.intake.receive(FinalReport("fhir", f"live-{n}", "final", text, accession_number=f"LIVE{n}"))
+    sign_in(client, "admin")
+    page = client.get("/model").get_data(as_text=True)
+    assert 'id="drift-checks"' in page
+    assert 'id="live-charts"' in page
+    charts = [part.split('"')[0] for part in page.split('src="/model/live/')[1:]]
+    assert "trend.png" in charts
+    picture = client.get(f"/model/live/{charts[0]}")
+    assert picture.status_code == 200 and picture.mimetype == "image/png"
+    assert client.get("/model/live/..%2Fmetrics.json").status_code == 404
