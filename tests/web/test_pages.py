@@ -510,7 +510,8 @@ def test_the_model_page_charts_live_performance_and_drift(
     for n, text in enumerate(("Right lower lobe pneumonia.", "No acute cardiopulmonary abnormality."), start=1):
         _o, job = order(components, archive.chest, accession=f"LIVE{n}", patient=f"Patient/live-{n}")
         wait_terminal(components, job.id)
-        components.monitoring.intake.receive(FinalReport("fhir", f"live-{n}", "final", text, accession_number=f"LIVE{n}"))
+        report = FinalReport("fhir", f"live-{n}", "final", text, accession_number=f"LIVE{n}")
+        components.monitoring.intake.receive(report)
     sign_in(client, "admin")
     page = client.get("/model").get_data(as_text=True)
     assert 'id="drift-checks"' in page
