@@ -20,6 +20,7 @@ if [ "$want_dev" = 1 ]; then
   # Headless browser for the web pages' end-to-end tests (tests/web/test_browser.py).
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  command -v firefox-esr >/dev/null || missing+=(firefox-esr)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
     as_root apt-get update -q
