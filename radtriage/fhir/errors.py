@@ -51,6 +51,7 @@ ERROR_HTTP: Final[dict[ErrorCode, tuple[int, str]]] = {
     ErrorCode.INTERNAL: (500, "exception"),
     ErrorCode.OUTSIDE_INTENDED_USE: (422, "business-rule"),
     ErrorCode.IMAGE_QUALITY: (422, "business-rule"),
+    ErrorCode.OUT_OF_DISTRIBUTION: (422, "business-rule"),
 }
 
 #: HTTP statuses raised below the service (routing, content negotiation) → issue.code.

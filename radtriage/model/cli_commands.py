@@ -138,6 +138,21 @@ def release_command(run_dir: Path, dest_dir: Path, name: str, version: str | Non
     click.echo(f"released {manifest.name} {manifest.version} sha256 {manifest.weights_sha256} to {dest_dir}")
 
 
+@model_group.command("fit-ood")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data_root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with one subfolder per source (e.g. ../shared/data/cxr), as in the artefact's split.csv.")
+@click.option("--components", default=20, show_default=True)
+@click.option("--quantile", default=0.995, show_default=True, help="Share of training images the gate lets in.")
+def fit_ood_command(model_dir: Path, data_root: Path, components: int, quantile: float) -> None:
+    """Fit the out-of-distribution gate on the artefact's training images and record it in its manifest."""
+    from .training.ood_reference import install_ood_reference, training_images
+
+    images = training_images(model_dir, data_root)
+    entry = install_ood_reference(model_dir, images, k=components, quantile=quantile)
+    click.echo(json.dumps(entry, indent=2))
+
+
 @click.command("label")
 @click.argument("labels_csv", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("image")

@@ -32,6 +32,7 @@ from radtriage.imaging.dicom_pixels import check_analysable, pixels_for_display,
 from .architectures import architecture, load_network
 from .artefact import ModelManifest, load_state_dict
 from .explain import overlay_png
+from .ood import OodReference, load_reference
 from .preprocessing import PREPROCESSING_VERSION, to_model_input
 from .quality import QualityGates, check_header, check_pixels
 
@@ -61,9 +62,12 @@ class XrvScorer:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         gates: QualityGates | None = None,
+        ood: OodReference | None = None,
     ) -> None:
         self.manifest = manifest
         self.gates = gates or QualityGates()
+        #: The out-of-distribution gate, when the artefact ships a reference (see `ood.py`).
+        self.ood = ood
         self._network = network.eval()
         self._batch_size = max(1, batch_size)
         self._thresholds = [float(manifest.thresholds[label]) for label in manifest.labels]
@@ -87,7 +91,9 @@ class XrvScorer:
             torch.set_num_threads(max(1, min(max_threads, torch.get_num_threads())))
         manifest, state_dict = load_state_dict(Path(path))
         network = load_network(manifest, state_dict)
-        return cls(manifest, network, batch_size=batch_size, gates=gates)
+        ood_entry = (manifest.evaluation or {}).get("ood")
+        ood = load_reference(Path(path), str(ood_entry["sha256"])) if isinstance(ood_entry, dict) else None
+        return cls(manifest, network, batch_size=batch_size, gates=gates, ood=ood)
 
     # ------------------------------------------------------------------ the ImageScorer port
 
@@ -121,6 +127,8 @@ class XrvScorer:
             pixels = to_model_input(image01, self.manifest.input_size)
         except ValueError as exc:
             raise TriageError(ErrorCode.UNREADABLE_IMAGE, f"the image could not be preprocessed ({exc})") from None
+        if self.ood is not None:
+            self.ood.check(pixels)
         return XrvPreparedImage(pixels=pixels, size=self.manifest.input_size)
 
     def score(self, image: PreparedImage) -> list[FindingScore]:

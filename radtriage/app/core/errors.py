@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     # Quality gates before scoring (added after the first release: codes are appended, never renumbered).
     OUTSIDE_INTENDED_USE = "outside-intended-use"
     IMAGE_QUALITY = "image-quality"
+    OUT_OF_DISTRIBUTION = "out-of-distribution"
 
     @property
     def display(self) -> str:
@@ -52,6 +53,7 @@ _DISPLAY = {
     ErrorCode.INTERNAL: "Internal error",
     ErrorCode.OUTSIDE_INTENDED_USE: "The study is outside the model's intended use (e.g. a child); not analysed",
     ErrorCode.IMAGE_QUALITY: "The image is too small, too shallow or too flat to score reliably; not analysed",
+    ErrorCode.OUT_OF_DISTRIBUTION: "The image does not look like the chest radiographs the model knows; not analysed",
 }
 
 #: Codes for which trying again later may succeed without anyone changing the input.

@@ -50,11 +50,23 @@ def test_the_default_model_separates_held_out_pneumonia_from_normal(default_scor
         test_ids = [row["image_id"] for row in csv.DictReader(fh) if row["split"] == "test" and row["source"] == "nih"]
     with (shared_data / "cxr" / "nih" / "labels.csv").open() as fh:
         truth = {f"nih:{row['image']}": row["Pneumonia"] == "1" for row in csv.DictReader(fh)}
-    chosen = [i for i in test_ids if truth[i]][:10] + [i for i in test_ids if not truth[i]][:10]
-    prepared = [default_scorer.prepare_array(load_image_file(shared_data / "cxr" / "nih" / i.split(":", 1)[1]))
-                for i in chosen]
+    from radtriage.app.core.errors import TriageError
+
+    def prepared(ids: list[str]) -> list:
+        """The analysable ones: the out-of-distribution gate turns away a few per cent of real films."""
+        kept = []
+        for image_id in ids:
+            try:
+                image = load_image_file(shared_data / "cxr" / "nih" / image_id.split(":", 1)[1])
+                kept.append(default_scorer.prepare_array(image))
+            except TriageError:
+                pass
+        return kept
+
+    sick, well = prepared([i for i in test_ids if truth[i]][:10]), prepared([i for i in test_ids if not truth[i]][:10])
+    assert len(sick) + len(well) >= 18
     index = default_scorer.labels.index("Pneumonia")
-    scores = [findings[index].probability for findings in default_scorer.score_batch(prepared)]
-    positives, negatives = scores[:10], scores[10:]
+    positives = [f[index].probability for f in default_scorer.score_batch(sick)]
+    negatives = [f[index].probability for f in default_scorer.score_batch(well)]
     wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    assert wins / 100 > 0.6  # AUROC on these 20 images; the full held-out figure is in evaluation.json
+    assert wins / (len(positives) * len(negatives)) > 0.6  # AUROC here; the held-out figure is in evaluation.json

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from radtriage.imaging.dicom_pixels import pixels_for_display, read_dataset
 from radtriage.model.evaluation.score_files import DEFAULT_MODEL_DIR, score_files
 from tests.support.data import pydicom_data_dir
 
@@ -19,9 +20,12 @@ from tests.support.data import pydicom_data_dir
 def images(tmp_path: Path) -> Path:
     folder = tmp_path / "in"
     (folder / "nested").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (80, 64), dtype=np.uint8)).save(folder / "a.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(folder / "nested" / "b.jpg")
+    # A real chest film (pydicom-data's adult chest CR) exported as PNG and JPEG, as a PACS viewer would: random
+    # pixels would be (rightly) refused by the out-of-distribution gate.
+    chest = pixels_for_display(read_dataset((pydicom_data_dir() / "RG1_J2KI.dcm").read_bytes()))
+    film = Image.fromarray((chest * 255).astype(np.uint8)).resize((512, 543))
+    film.save(folder / "a.png")
+    film.save(folder / "nested" / "b.jpg", quality=90)
     (folder / "broken.png").write_bytes(b"not a png")
     (folder / "notes.txt").write_text("ignored: not an image")
     return folder
