@@ -135,8 +135,9 @@ class TriageResult:
     sop_instance_uid: str
     priority_reason: str = ""
     created_at: datetime | None = None
-    #: Heatmaps of the positive findings, when they were made. The store keeps them apart (`heatmap_png`), so a
-    #: result read back from the store has none here.
+    #: Heatmaps of the positive findings, when a caller stores them with the result. The service itself adds them
+    #: after publishing (`OrderStore.add_heatmaps`); the store keeps them apart (`heatmap_png`), so a result read
+    #: back from the store has none here.
     heatmaps: tuple[Heatmap, ...] = field(default=(), compare=False, repr=False)
 
     @property

@@ -95,6 +95,10 @@ class OrderStore(Protocol):
 
     def unfinished_job_ids(self) -> list[str]: ...
 
+    def add_heatmaps(self, job_id: str, heatmaps: Sequence[Heatmap]) -> None:
+        """Store the heatmaps of a stored result (replacing any it had)."""
+        ...
+
     def heatmap_png(self, job_id: str, label: str) -> bytes | None:
         """The stored heatmap overlay of one finding of a result, or None."""
         ...

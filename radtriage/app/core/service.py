@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from .domain import FindingScore, Heatmap, ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
+from .domain import FindingScore, ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
 from .errors import ErrorCode, TriageError
 from .pipeline import advance
 from .ports import (
@@ -173,12 +173,14 @@ class TriageService:
                 sop_instance_uid=chosen.sop_instance_uid,
                 priority_reason=why,
                 created_at=self._now(),
-                heatmaps=self._explain(scorer, image, findings),
             )
             job = self._move(job, S.SCORED, priority=priority, result=result)
             job = self._move(job, S.PUBLISHING)
             for publisher in self.publishers:
                 publisher.publish(order, result)
+            # Explanations come after the priority has been handed to the publishers: the RIS should not wait
+            # for pictures. The Task completes once they are stored, so a completed report links them.
+            self._explain(job.id, scorer, image, findings)
             return self._move(job, S.COMPLETED)
         except TriageError as err:
             if err.code is ErrorCode.CONFLICT:
@@ -203,17 +205,15 @@ class TriageService:
                 raise TriageError(ErrorCode.MODEL_UNAVAILABLE) from exc
         return self._scorer
 
-    @staticmethod
-    def _explain(scorer: ImageScorer, image: object, findings: Sequence[FindingScore]) -> tuple[Heatmap, ...]:
-        """Heatmaps for the positive findings. An explanation that fails must not cost the study its triage."""
+    def _explain(self, job_id: str, scorer: ImageScorer, image: object, findings: Sequence[FindingScore]) -> None:
+        """Store heatmaps for the positive findings. An explanation that fails must not cost the study its triage."""
         positives = [f.label for f in findings if f.positive]
         if not positives:
-            return ()
+            return
         try:
-            return tuple(scorer.explain(image, positives))
+            self.store.add_heatmaps(job_id, scorer.explain(image, positives))
         except Exception:
-            log.exception("heatmaps could not be made; the result is kept without them")
-            return ()
+            log.exception("heatmaps for job %s could not be made; the result is kept without them", job_id)
 
     # ------------------------------------------------------------------ reads for the doors
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..core.domain import (
     FindingScore,
+    Heatmap,
     ImagingOrder,
     Job,
     JobEvent,
@@ -246,12 +247,7 @@ class SqlOrderStore:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id == result.job_id))
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))
                 conn.execute(insert(results).values(self._result_values(result)))
-                for position, heatmap in enumerate(result.heatmaps):
-                    conn.execute(
-                        insert(heatmaps).values(
-                            job_id=result.job_id, label=heatmap.label, position=position, png=heatmap.png
-                        )
-                    )
+                self._insert_heatmaps(conn, result.job_id, result.heatmaps)
             if before is not None:
                 self._audit_transition(conn, event, before, priority, result)
         job = self.get_job(event.job_id)
@@ -397,6 +393,18 @@ class SqlOrderStore:
                 query.order_by(results.c.created_at.desc(), results.c.job_id).offset(offset).limit(limit)
             ).all()
         return [_result_from_row(r) for r in rows], total
+
+    def add_heatmaps(self, job_id: str, pictures: Sequence[Heatmap]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(heatmaps.delete().where(heatmaps.c.job_id == job_id))
+            self._insert_heatmaps(conn, job_id, pictures)
+
+    @staticmethod
+    def _insert_heatmaps(conn: Connection, job_id: str, pictures: Sequence[Heatmap]) -> None:
+        for position, heatmap in enumerate(pictures):
+            conn.execute(
+                insert(heatmaps).values(job_id=job_id, label=heatmap.label, position=position, png=heatmap.png)
+            )
 
     def heatmap_png(self, job_id: str, label: str) -> bytes | None:
         with self.engine.connect() as conn:
