@@ -25,8 +25,7 @@ import requests
 from .config import Settings
 from .factory import build_components, create_app
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}  # wrapped into DICOM; DICOM files are copied as they are
 PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 
 
@@ -93,29 +92,23 @@ def _view_positions(images_dir: Path) -> dict[str, str]:
 
 def folder_studies(images_dir: Path, folder: Path, limit: int) -> list[DemoStudy]:
     """Every DICOM, PNG or JPEG under `images_dir` (up to `limit`) as its own study; images are wrapped into DICOM."""
+    from ..imaging.files import image_files, is_part10_file
     from ..imaging.wrap import wrap_image_as_dicom
 
     views = _view_positions(images_dir)
     studies: list[DemoStudy] = []
-    for path in sorted(p for p in images_dir.rglob("*") if p.is_file()):
+    for path in image_files([images_dir]):
         if len(studies) >= limit:
             break
-        suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
             patient_id = f"DEMO{len(studies) + 1:04d}"
             data = wrap_image_as_dicom(path, patient_id=patient_id, view_position=views.get(path.name))
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(data)
             studies.append(DemoStudy(path.name, str(ds.StudyInstanceUID)))
-        elif suffix in DICOM_SUFFIXES and _is_dicom(path):
+        elif is_part10_file(path):
             studies.append(DemoStudy(path.name, _copy_dicom(path, folder)))
     return studies
-
-
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as fh:
-        fh.seek(128)
-        return fh.read(4) == b"DICM"
 
 
 def imaging_study(n: int, study: DemoStudy) -> dict[str, Any]:

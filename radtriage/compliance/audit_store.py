@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, Row, Select, func, insert, select, up
 
 from ..app.core.errors import ErrorCode, TriageError
 from ..app.storage.audit_tables import audit_chain_head, audit_events
+from ..app.storage.database import as_utc as _utc
 from . import codes
 from .audit import AuditRecord, AuditSource, audit_event_json
 
@@ -160,9 +161,6 @@ def _db_time(value: datetime) -> datetime:
     # SQLite keeps no time zone: every stored time is UTC, written and compared without an offset there.
     return value.astimezone(UTC)
 
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _parse_instant(text: str) -> datetime:

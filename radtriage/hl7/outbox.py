@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Row, insert, select, update
@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from ..app.core.domain import ImagingOrder, TriageResult
 from ..app.core.ports import Clock
 from ..app.core.service import SystemClock
+from ..app.storage.database import as_utc as _utc
 from ..app.storage.messaging_tables import hl7_outbox
 from . import er7
 from .mapping import CHARACTER_SETS, SOURCE
@@ -70,11 +71,6 @@ class OutboxMessage:
     created_at: datetime
     sent_at: datetime | None
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _message(row: Row[Any]) -> OutboxMessage:

@@ -20,6 +20,7 @@ from radtriage.app.core.domain import InstanceInfo
 from radtriage.app.core.errors import ErrorCode, TriageError
 
 from .attributes import instance_info_from_dataset
+from .files import is_part10_file
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ class _IndexedFile:
     size: int
     mtime_ns: int
     instance: InstanceInfo | None  # None: not a DICOM file we can use (remembered so it is not re-read)
-
-
-def _is_part10(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return fh.read(132)[128:132] == b"DICM"
 
 
 class FolderStudySource:
@@ -130,7 +126,7 @@ class FolderStudySource:
     @staticmethod
     def _read_header(path: Path) -> InstanceInfo | None:
         try:
-            if not _is_part10(path):
+            if not is_part10_file(path):
                 return None
             ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
             return instance_info_from_dataset(ds)

@@ -179,11 +179,5 @@ def score_command(
     """Score DICOM, PNG or JPEG files (or folders of them) outside the service; one row per file."""
     from .evaluation.score_files import score_files
 
-    files = [f for p in paths for f in (_images_in(p) if p.is_dir() else [p])]
-    score_files(files, output, model_dir=model_dir, output_format=output_format, policy_path=policy_path)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """Files in a folder that may be images (labels CSVs and notes beside them are skipped)."""
-    suffixes = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
-    return sorted(x for x in folder.rglob("*") if x.is_file() and x.suffix.lower() in suffixes)
+    # score_files walks folders itself (image files by suffix or DICOM marker; labels CSVs beside them are skipped).
+    score_files(paths, output, model_dir=model_dir, output_format=output_format, policy_path=policy_path)

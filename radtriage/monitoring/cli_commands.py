@@ -120,17 +120,19 @@ def export_command(obj: Any, out: Path) -> None:
 @click.option("--target-npv", type=float, default=None, help="Default: the drafting_target_npv setting (0.95).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Model artefact whose thresholds apply (default: the shipped model).")
-def draft_margin_command(labels_folder: Path, choose_on: Path, measure_on: Path | None, target_npv: float | None,
-                         model_dir: Path | None) -> None:
+@click.pass_obj
+def draft_margin_command(obj: Any, labels_folder: Path, choose_on: Path, measure_on: Path | None,
+                         target_npv: float | None, model_dir: Path | None) -> None:
     """Choose the drafting margin for a target NPV and report the NPV and share of drafts it gives."""
+    from ..app.config import load_settings
     from ..model.artefact import read_manifest
     from ..model.registry import SHIPPED_DEFAULT
     from .draft_evaluation import choose_and_measure, scored_and_labelled
-    from .settings import MonitoringSettings
 
     manifest = read_manifest(model_dir or SHIPPED_DEFAULT)
     labels = list(manifest.labels)
-    target = target_npv or MonitoringSettings.from_settings().drafting_target_npv
+    config = obj.get("config") if isinstance(obj, dict) else None
+    target = target_npv or load_settings(config).drafting_target_npv
     chosen_data = scored_and_labelled(choose_on, labels_folder, labels)
     measured_data = scored_and_labelled(measure_on, labels_folder, labels) if measure_on else None
     thresholds = {label: manifest.thresholds[label] for label in labels}

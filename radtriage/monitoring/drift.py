@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, insert, select
 
+from ..app.storage.database import as_utc as _utc
 from ..app.storage.monitoring_tables import image_observations, monitoring_alerts
 from ..app.storage.tables import results
 from ..model.datasets import age_band
@@ -147,9 +148,6 @@ def _view(row: Any) -> str:
     text = (row["view_position"] or "").strip().upper()
     return "PA" if text == "PA" else "AP" if text.startswith("AP") else "other"
 
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class AlertSink:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from ..app.core.domain import JobState
+from ..app.storage.database import as_utc as _utc
 from ..app.storage.monitoring_tables import final_reports, image_observations, report_labels, result_annotations
 from ..app.storage.tables import job_events, jobs, orders, results
 from ..model.datasets import age_band
@@ -34,11 +35,6 @@ from .labels import ABNORMAL
 
 ANY_ABNORMALITY = "any_abnormality"
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True)

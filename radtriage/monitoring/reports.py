@@ -30,6 +30,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, and_, delete, insert, select, update
 
 from ..app.core.errors import ErrorCode, TriageError
+from ..app.storage.database import as_utc as _utc
 from ..app.storage.monitoring_tables import final_reports, image_observations, report_labels
 from ..app.storage.tables import jobs, orders, results
 from .labels import ABNORMAL, LEXICON, ExtractedLabel, extract_labels, looks_english
@@ -95,11 +96,6 @@ class ReceivedReport:
     replaced: int = 0
     labels: dict[str, ExtractedLabel] = field(default_factory=dict)
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class ReportIntake:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select
 
 from ..app.core.domain import FindingScore, JobState, Priority
+from ..app.storage.database import as_utc as _utc
 from ..app.storage.tables import job_events, jobs, orders, results
 
 
@@ -104,11 +105,6 @@ class WorklistQuery:
     flagged_only: bool = False
     limit: int = 200
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _findings(raw: Any) -> tuple[FindingScore, ...]:

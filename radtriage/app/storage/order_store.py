@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Row, case, func, insert, select, update
@@ -21,6 +21,7 @@ from ..core.domain import (
     TriageResult,
 )
 from ..core.errors import ErrorCode, TriageError
+from .database import as_utc as _utc
 from .tables import heatmaps, job_events, jobs, orders, results
 
 if TYPE_CHECKING:
@@ -44,12 +45,6 @@ _ORDER_FIELDS = (
     "received_at",
 )
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite drops the time zone; every time in the domain is UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _order_from_row(row: Row[Any]) -> ImagingOrder:

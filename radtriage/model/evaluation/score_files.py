@@ -14,39 +14,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from radtriage.app.core.domain import FindingScore, Priority
 from radtriage.app.core.errors import TriageError
+from radtriage.imaging.files import image_files
 
 from .report import ABNORMALITY
 
 #: The model shipped in the package: trained by radtriage's own pipeline on ../shared/data (see its MODEL_CARD.md).
 DEFAULT_MODEL_DIR: Final = Path(__file__).resolve().parents[1] / "default"
-IMAGE_SUFFIXES: Final = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg"})
 FORMATS: Final = ("csv", "jsonl")
-
-
-def _is_dicom_without_suffix(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
-
-
-def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Files named directly, and image files (by suffix, or a DICOM preamble) found recursively in folders."""
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            for found in sorted(p for p in path.rglob("*") if p.is_file()):
-                if found.suffix.lower() in IMAGE_SUFFIXES or (not found.suffix and _is_dicom_without_suffix(found)):
-                    yield found
-        else:
-            yield path  # a missing or unreadable file becomes a not-analysed row, not a crash
 
 
 def score_files(paths: Sequence[str | os.PathLike[str]], output: TextIO, *,
