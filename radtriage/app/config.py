@@ -37,6 +37,10 @@ class Settings:
     #: Quality gates before scoring (radtriage/model/quality.py): a study that fails one is "not analysed".
     min_patient_age_years: float = 18.0
     min_image_side_px: int = 256
+    #: Shadow mode (issue 10): "on" scores, stores and shows results but never raises a priority or sends a
+    #: priority update; "off" acts on the model; "auto" is shadow until a site validation is recorded for the
+    #: active model. Tests that assert a raised priority set "off" explicitly.
+    shadow_mode: str = "off"
     #: "inline" (in-process worker threads) is the embedded default.
     queue: str = "inline"
     workers: int = 1

@@ -139,6 +139,11 @@ class XrvScorer:
         """
         return self.score_batch([image])[0]
 
+    def severity(self, image: PreparedImage) -> float | None:
+        """Severity (geographic extent 0-8); None until a model with a severity output is loaded."""
+        self._checked(image)
+        return None
+
     def score_batch(self, images: Sequence[PreparedImage]) -> list[list[FindingScore]]:
         """`score` for many images, several per forward pass; the results are in the order of `images`."""
         results: list[list[FindingScore]] = []

@@ -135,6 +135,10 @@ class TriageResult:
     sop_instance_uid: str
     priority_reason: str = ""
     created_at: datetime | None = None
+    #: Predicted severity (geographic extent 0-8), None when the model has no severity output.
+    severity: float | None = None
+    #: Findings the triage policy names but the model cannot assess: reported as "not assessed" on every output.
+    not_assessed: tuple[str, ...] = ()
     #: Heatmaps of the positive findings, when a caller stores them with the result. The service itself adds them
     #: after publishing (`OrderStore.add_heatmaps`); the store keeps them apart (`heatmap_png`), so a result read
     #: back from the store has none here.

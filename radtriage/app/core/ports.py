@@ -134,11 +134,21 @@ class ImageScorer(Protocol):
     @property
     def identity(self) -> ModelIdentity: ...
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The findings this model assesses; a finding the policy names but this lacks is "not assessed"."""
+        ...
+
     def prepare(self, dicom_bytes: bytes) -> PreparedImage:
         """Decode and preprocess; raise UNREADABLE_IMAGE / NOT_A_RADIOGRAPH / NOT_A_CHEST when it cannot."""
         ...
 
     def score(self, image: PreparedImage) -> list[FindingScore]: ...
+
+    def severity(self, image: PreparedImage) -> float | None:
+        """Predicted radiographic severity on the geographic-extent scale 0-8 (Cohen et al. 2020), or None when
+        the model has no severity output. Used to order studies within one priority, never to set a priority."""
+        ...
 
     def explain(self, image: PreparedImage, labels: Sequence[str]) -> list[Heatmap]:
         """A heatmap overlay (PNG) per label, for the findings the score called positive."""
