@@ -58,10 +58,14 @@ from ._xrv import import_xrv
 from .artefact import ModelManifest, sha256_hex, unpickling_failure, write_artefact
 from .networks.efficientnet_lite0 import build_efficientnet_lite0
 from .networks.efficientnet_lite0 import cam_forward as _efficientnet_lite0_cam_forward
+from .networks.frozen_triage import BackboneMismatchError, build_frozen_triage
+from .networks.frozen_triage import cam_forward as _frozen_triage_cam_forward
 from .preprocessing import PREPROCESSING_VERSION
 
 XRV_DENSENET121 = "xrv-densenet121"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
+#: Frozen ImageNet EfficientNet-Lite0 + trained heads (the shipped default since issue 10; networks/frozen_triage.py).
+EFFICIENTNET_LITE0_FROZEN = "efficientnet-lite0-frozen"
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,13 @@ def _build_xrv_densenet121(num_outputs: int) -> nn.Module:
     return network
 
 
+def _build_frozen_triage(num_outputs: int) -> nn.Module:
+    try:
+        return build_frozen_triage(num_outputs)
+    except (BackboneMismatchError, FileNotFoundError) as exc:
+        raise TriageError(ErrorCode.MODEL_UNAVAILABLE, f"the frozen backbone cannot be loaded ({exc})") from None
+
+
 def _xrv_densenet_cam_forward(network: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # What xrv.models.DenseNet.forward does (features2 then classifier), written out so that the feature maps are
     # a tensor of their own: torchxrayvision applies its final ReLU in place, which would hide them from autograd.
@@ -101,6 +112,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     XRV_DENSENET121: Architecture(XRV_DENSENET121, _build_xrv_densenet121, _xrv_densenet_cam_forward),
     # ImageNet-pretrained transfer-learning start that needs no network (the shipped default model).
     EFFICIENTNET_LITE0: Architecture(EFFICIENTNET_LITE0, build_efficientnet_lite0, _efficientnet_lite0_cam_forward),
+    EFFICIENTNET_LITE0_FROZEN: Architecture(
+        EFFICIENTNET_LITE0_FROZEN, _build_frozen_triage, _frozen_triage_cam_forward
+    ),
 }
 
 #: Named in the design but not implemented in this version; asking for one gives a clear refusal.

@@ -43,13 +43,26 @@ def list_command(obj: Any) -> None:
 @click.pass_obj
 def show_command(obj: Any, folder: Path | None) -> None:
     """The manifest of FOLDER (default: the model that scores now) and where its model card is."""
+    from ..app.core.errors import TriageError
     from ..app.factory import resolve_model_path
     from .artefact import read_manifest
+    from .policy import PolicyError, load_policy
 
-    folder = folder or resolve_model_path(_settings(obj))
-    manifest = read_manifest(folder)
+    settings = _settings(obj)
+    folder = folder or resolve_model_path(settings)
+    try:
+        manifest = read_manifest(folder)
+    except TriageError as exc:
+        raise click.ClickException(f"{folder} is not a model artefact ({exc.detail})") from None
     summary = {k: v for k, v in manifest.to_dict().items() if k != "evaluation"}
     click.echo(json.dumps(summary, indent=2))
+    assessed = ", ".join(manifest.labels)
+    try:
+        missing = sorted(load_policy(settings.policy or None).labels_named() - set(manifest.labels))
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"assessed findings: {assessed}")
+    click.echo(f"policy findings NOT ASSESSED by this model: {', '.join(missing) if missing else 'none'}")
     card = folder / "MODEL_CARD.md"
     click.echo(f"model card: {card if card.exists() else '(none)'}")
 
@@ -92,6 +105,33 @@ def train_command(config_file: Path, run_dir: Path, resume: bool, device: str, t
     click.echo(str(summary))
 
 
+@model_group.command("train-triage")
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cache-dir", default="var/features", show_default=True, type=click.Path(file_okay=False),
+              help="Where backbone features are cached (reused by later runs).")
+@click.option("--augmented-copies", default=0, show_default=True,
+              help="Acquisition-augmented copies per image (0: measured best with a frozen backbone, see the card).")
+@click.option("--threads", default=2, show_default=True, help="CPU threads for torch.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the AUROC intervals.")
+@click.option("--baseline-shortcut", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="JSON with the previous model's source-shortcut figures, reported as 'before'.")
+@click.option("--version", default=None, help="Default: today's date.")
+def train_triage_command(data_root: Path, dest_dir: Path, cache_dir: str, augmented_copies: int, threads: int,
+                         bootstrap: int, baseline_shortcut: Path | None, version: str | None) -> None:
+    """Train, evaluate (per source, leave one source out, gate, severity) and release a triage model: DATA_ROOT holds
+    the sources (e.g. ../shared/data/cxr); DEST_DIR must not exist."""
+    from .training.triage_build import TriageBuildConfig, build_triage_model
+
+    if dest_dir.exists():
+        raise click.ClickException(f"{dest_dir} already exists; a model artefact is never overwritten")
+    config = TriageBuildConfig(data_root=str(data_root), cache_dir=cache_dir, augmented_copies=augmented_copies,
+                               bootstrap=bootstrap,
+                               baseline_shortcut=str(baseline_shortcut) if baseline_shortcut else None)
+    manifest = build_triage_model(config, dest_dir, threads=threads, version=version)
+    click.echo(f"released {manifest.name} {manifest.version} sha256 {manifest.weights_sha256} to {dest_dir}")
+
+
 @model_group.command("tune")
 @click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--search-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -117,8 +157,22 @@ def tune_command(
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the AUROC intervals.")
 @click.option("--device", default="auto", show_default=True)
 def evaluate_command(run_dir: Path, bootstrap: int, device: str) -> None:
-    """Evaluate a trained run on its held-out split: JSON, plots and a readable report in RUN_DIR/evaluation."""
+    """Evaluate a trained run on its held-out split: JSON, plots and a readable report in RUN_DIR/evaluation.
+
+    For a triage model artefact (made by ``train-triage``, e.g. the shipped default) print its evaluation: per source,
+    leave one source out, source shortcut, input-gate refusals by reason, severity."""
     from .evaluation.report import evaluate_run
+
+    if (run_dir / "manifest.json").exists() and (run_dir / "evaluation.json").exists():
+        from .artefact import read_manifest
+        from .evaluation.triage_card import render_card
+
+        manifest = read_manifest(run_dir)
+        if manifest.architecture == "efficientnet-lite0-frozen":
+            report = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
+            card = render_card(manifest, report)
+            click.echo(card[card.index("## What it assesses"):card.index("## Training\n")].rstrip())
+            return
 
     evaluate_run(run_dir, bootstrap=bootstrap, device=device)
     click.echo(f"evaluation written to {run_dir / 'evaluation'}")
@@ -177,7 +231,16 @@ def score_command(
     paths: tuple[Path, ...], output_format: str, model_dir: Path | None, policy_path: str | None, output: Any
 ) -> None:
     """Score DICOM, PNG or JPEG files (or folders of them) outside the service; one row per file."""
-    from .evaluation.score_files import score_files
+    import sys
+
+    from ..app.core.errors import TriageError
+    from .evaluation.score_files import NoImagesError, score_files
 
     # score_files walks folders itself (image files by suffix or DICOM marker; labels CSVs beside them are skipped).
-    score_files(paths, output, model_dir=model_dir, output_format=output_format, policy_path=policy_path)
+    try:
+        score_files(paths, output, model_dir=model_dir, output_format=output_format, policy_path=policy_path,
+                    progress=sys.stderr.isatty())
+    except NoImagesError as exc:
+        raise click.ClickException(str(exc)) from None
+    except TriageError as exc:  # e.g. a model folder that is not a model artefact
+        raise click.ClickException(f"{exc.code.value}: {exc.detail}") from None

@@ -32,6 +32,8 @@ from radtriage.imaging.dicom_pixels import check_analysable, pixels_for_display,
 from .architectures import architecture, load_network
 from .artefact import ModelManifest, load_state_dict
 from .explain import overlay_png
+from .input_gate import check_gate
+from .networks.frozen_triage import FrozenTriageNetwork
 from .ood import OodReference, load_reference
 from .preprocessing import PREPROCESSING_VERSION, to_model_input
 from .quality import QualityGates, check_header, check_pixels
@@ -50,6 +52,9 @@ class XrvPreparedImage:
     pixels: npt.NDArray[np.float32]
     size: int
     preprocessing_version: str = PREPROCESSING_VERSION
+    #: The pooled backbone features, when the model computed them while gating the image (frozen-backbone
+    #: models): scoring and severity then reuse them instead of running the backbone again.
+    features: npt.NDArray[np.float32] | None = None
 
 
 class XrvScorer:
@@ -129,7 +134,21 @@ class XrvScorer:
             raise TriageError(ErrorCode.UNREADABLE_IMAGE, f"the image could not be preprocessed ({exc})") from None
         if self.ood is not None:
             self.ood.check(pixels)
-        return XrvPreparedImage(pixels=pixels, size=self.manifest.input_size)
+        features = self._gated_features(pixels) if isinstance(self._network, FrozenTriageNetwork) else None
+        return XrvPreparedImage(pixels=pixels, size=self.manifest.input_size, features=features)
+
+    def _gated_features(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The frozen backbone's pooled features, after the model's own input gate (see `input_gate`)."""
+        network = self._network
+        assert isinstance(network, FrozenTriageNetwork)
+        with torch.inference_mode():
+            pooled = network.pooled(torch.from_numpy(pixels[np.newaxis]))
+            residual, distance = (float(v) for v in network.gate_measures(pooled)[0])
+            limits = [float(v) for v in network.gate_limits]
+            child = float(network.child_probability(pooled)[0])
+        check_gate(residual, distance, child, limits, float(network.child_limit))
+        features: npt.NDArray[np.float32] = pooled[0].numpy().astype(np.float32)
+        return features
 
     def score(self, image: PreparedImage) -> list[FindingScore]:
         """One `FindingScore` per manifest label, in the manifest's label order.
@@ -140,18 +159,36 @@ class XrvScorer:
         return self.score_batch([image])[0]
 
     def severity(self, image: PreparedImage) -> float | None:
-        """Severity (geographic extent 0-8); None until a model with a severity output is loaded."""
-        self._checked(image)
-        return None
+        """Severity: predicted geographic extent of lung involvement, 0-8 (the COVID-19 collection radiologists'
+        scale); None for a model without a severity output."""
+        prepared = self._checked(image)
+        network = self._network
+        if not isinstance(network, FrozenTriageNetwork):
+            return None
+        with torch.inference_mode():
+            pooled = self._pooled([prepared])
+            value = float(network.severity_score(pooled)[0])
+        return round(value, 3) if np.isfinite(value) else None
+
+    def _pooled(self, images: Sequence[XrvPreparedImage]) -> torch.Tensor:
+        network = self._network
+        assert isinstance(network, FrozenTriageNetwork)
+        if all(image.features is not None for image in images):
+            return torch.from_numpy(np.stack([image.features for image in images if image.features is not None]))
+        return network.pooled(torch.from_numpy(np.stack([image.pixels for image in images])))
 
     def score_batch(self, images: Sequence[PreparedImage]) -> list[list[FindingScore]]:
         """`score` for many images, several per forward pass; the results are in the order of `images`."""
         results: list[list[FindingScore]] = []
         for start in range(0, len(images), self._batch_size):
             chunk = images[start : start + self._batch_size]
-            batch = torch.from_numpy(np.stack([self._checked(image).pixels for image in chunk]))
+            prepared = [self._checked(image) for image in chunk]
             with torch.inference_mode():
-                probabilities = torch.sigmoid(self._network(batch)).numpy()
+                if isinstance(self._network, FrozenTriageNetwork):
+                    logits = self._network.classifier(self._pooled(prepared))
+                else:
+                    logits = self._network(torch.from_numpy(np.stack([image.pixels for image in prepared])))
+                probabilities = torch.sigmoid(logits).numpy()
             if not np.isfinite(probabilities).all():
                 # Corrupt weights or an input the network cannot handle: never report a made-up number.
                 raise TriageError(ErrorCode.MODEL_UNAVAILABLE, "the model produced non-finite scores")

@@ -1,4 +1,4 @@
-"""A small, bounded random search over the training recipe (Optuna is not a dependency; this needs none).
+"""A bounded hyperparameter search over the fine-tuning recipe, with Optuna.
 
 Searched: learning rate (log-uniform), augmentation strength, image size and number of epochs, within the bounds
 of `SearchSpace`. Every trial is a full `train` run in ``<search>/trials/trial-NNN`` on the same patient split
@@ -6,27 +6,31 @@ of `SearchSpace`. Every trial is a full `train` run in ``<search>/trials/trial-N
 epoch (the one with the lowest validation loss, the same rule that picks the weights). The test split is never
 looked at, so the search cannot leak into the held-out evaluation.
 
-Trials are drawn from a seeded generator, so trial N has the same recipe on every run; ``tuning.json`` is
-rewritten after each trial and finished trials are not run again, so an interrupted search resumes. The best
-recipe is saved as ``best_config.json``, ready for ``radtriage model train``.
+Optuna's TPE sampler (seeded) proposes the trials; the study lives in an SQLite file (``<search>/optuna.db``), so an
+interrupted search resumes where it stopped: finished trials are never run again, and a trial that was cut off is
+marked failed and replaced. ``tuning.json`` (a readable summary) is rewritten after each trial; the best recipe is
+saved as ``best_config.json``, ready for ``radtriage model train``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import optuna
 
 from .config import TrainingConfig
 from .data import AUGMENTATIONS
 from .trainer import HISTORY_FILE, train
 
 TUNING_JSON: Final = "tuning.json"
+STUDY_DB: Final = "optuna.db"
+STUDY_NAME: Final = "radtriage-tune"
 BEST_CONFIG: Final = "best_config.json"
 
 
@@ -50,13 +54,13 @@ class SearchSpace:
         if not 1 <= self.epochs[0] <= self.epochs[1]:
             raise ValueError("epochs bounds must satisfy 1 <= low <= high")
 
-    def sample(self, rng: random.Random) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         low, high = self.learning_rate
         return {
-            "learning_rate": float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.3g}"),
-            "augmentation": rng.choice(self.augmentation),
-            "image_size": rng.choice(self.image_size),
-            "epochs": rng.randint(*self.epochs),
+            "learning_rate": float(f"{trial.suggest_float('learning_rate', low, high, log=True):.3g}"),
+            "augmentation": trial.suggest_categorical("augmentation", list(self.augmentation)),
+            "image_size": trial.suggest_categorical("image_size", list(self.image_size)),
+            "epochs": trial.suggest_int("epochs", *self.epochs),
         }
 
 
@@ -87,27 +91,38 @@ def tune(base: TrainingConfig, search_dir: str | os.PathLike[str], *, trials: in
     if record and record.get("settings") != settings:
         raise ValueError(f"{root} holds a search with other settings; use a new folder")
     record = {"settings": settings, "trials": record.get("trials", [])}
-    done = {entry["trial"] for entry in record["trials"]}
 
-    rng = random.Random(seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=STUDY_NAME, storage=f"sqlite:///{(root / STUDY_DB).resolve()}", direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True,
+    )
+    if study.user_attrs.get("settings", settings) != settings:
+        raise ValueError(f"{root} holds a search with other settings; use a new folder")
+    study.set_user_attr("settings", settings)
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # cut off by an interruption: run anew
+
     started = time.monotonic()
-    for number in range(1, trials + 1):
-        params = space.sample(rng)  # drawn for every trial, run or not, so trial N is always the same recipe
-        if number in done:
-            continue
+    while len(record["trials"]) < trials:
         if max_minutes is not None and (time.monotonic() - started) / 60 >= max_minutes:
-            record["stopped"] = f"time budget of {max_minutes} min reached before trial {number}"
+            record["stopped"] = f"time budget of {max_minutes} min reached before trial {len(record['trials']) + 1}"
             break
+        trial = study.ask()
+        params = space.suggest(trial)
+        number = len(record["trials"]) + 1
         config = base.replace(**params)
         trial_dir = root / "trials" / f"trial-{number:03d}"
         trial_started = time.monotonic()
+        shutil.rmtree(trial_dir, ignore_errors=True)  # left by an interrupted trial with other parameters
         train(config, trial_dir, device=device, num_threads=num_threads)
         history = json.loads((trial_dir / HISTORY_FILE).read_text(encoding="utf-8"))
         objective, epoch = trial_objective(history)
+        study.tell(trial, objective if objective is not None else float("nan"))
         record["trials"].append({
-            "trial": number, "params": params, "objective": objective, "best_epoch": epoch,
-            "val_loss": min(r["val_loss"] for r in history), "seconds": time.monotonic() - trial_started,
-            "run_dir": str(trial_dir.relative_to(root)),
+            "trial": number, "optuna_trial": trial.number, "params": params, "objective": objective,
+            "best_epoch": epoch, "val_loss": min(r["val_loss"] for r in history),
+            "seconds": time.monotonic() - trial_started, "run_dir": str(trial_dir.relative_to(root)),
         })
         _save(record_file, record)
 
@@ -128,4 +143,4 @@ def _save(path: Path, record: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-__all__ = ["BEST_CONFIG", "TUNING_JSON", "SearchSpace", "trial_objective", "tune"]
+__all__ = ["BEST_CONFIG", "STUDY_DB", "TUNING_JSON", "SearchSpace", "trial_objective", "tune"]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from radtriage.imaging.dicom_pixels import pixels_for_display, read_dataset
-from radtriage.model.evaluation.score_files import DEFAULT_MODEL_DIR, score_files
+from radtriage.model.evaluation.score_files import DEFAULT_MODEL_DIR, NoImagesError, score_files
 from tests.support.data import pydicom_data_dir
 
 
@@ -41,11 +41,22 @@ def test_csv_rows_for_images_and_failures(images: Path) -> None:
     assert set(by_name) == {"a.png", "b.jpg", "broken.png", "RG3_J2KI.dcm"}
     scored = by_name["a.png"]
     assert scored["not_analysed"] == "" and scored["priority"] in ("routine", "urgent", "asap", "stat")
-    labels = [c for c in rows[0] if c not in ("file", "abnormality", "priority", "model_version", "not_analysed")]
+    extra = ("file", "abnormality", "priority", "model_version", "not_analysed", "severity", "not_assessed")
+    labels = [c for c in rows[0] if c not in extra]
+    assert list(rows[0])[-2:] == ["severity", "not_assessed"]
     assert labels and float(scored["abnormality"]) == max(float(scored[label]) for label in labels)
+    assert 0.0 <= float(scored["severity"]) <= 8.0
+    # The default policy's STAT rule names Pneumothorax, which the model cannot assess: every row says so.
+    assert all("Pneumothorax" in row["not_assessed"].split(";") for row in rows)
     assert by_name["broken.png"]["not_analysed"].startswith("unreadable-image")
     assert by_name["RG3_J2KI.dcm"]["not_analysed"].startswith("not-a-chest")
-    assert by_name["RG3_J2KI.dcm"]["abnormality"] == ""
+    assert by_name["RG3_J2KI.dcm"]["abnormality"] == "" and by_name["RG3_J2KI.dcm"]["severity"] == ""
+
+
+def test_an_empty_folder_is_an_error_not_an_empty_table(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(NoImagesError, match="no image files"):
+        score_files([tmp_path], io.StringIO(), max_threads=None)
 
 
 def test_jsonl_format(images: Path) -> None:

@@ -1,11 +1,11 @@
-"""The bounded random search: recorded per trial, resumable, and it hands back a trainable recipe."""
+"""The Optuna search: recorded per trial, resumable from its SQLite study, and it hands back a trainable recipe."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
+import optuna
 import pytest
 
 from radtriage.model.training.config import TrainingConfig
@@ -16,9 +16,11 @@ from .conftest import tiny_config
 
 def test_samples_stay_within_the_bounds() -> None:
     space = SearchSpace(learning_rate=(1e-4, 1e-3), image_size=(64, 96), epochs=(2, 3))
-    rng = random.Random(0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(200):
-        params = space.sample(rng)
+        trial = study.ask()
+        params = space.suggest(trial)
+        study.tell(trial, 0.0)
         assert 1e-4 <= params["learning_rate"] <= 1e-3
         assert params["image_size"] in (64, 96) and 2 <= params["epochs"] <= 3
         assert params["augmentation"] in ("none", "light", "strong")
@@ -39,6 +41,8 @@ def test_search_records_trials_resumes_and_saves_the_best_recipe(tiny_data: tupl
     best = TrainingConfig.load(tmp_path / "search" / "best_config.json")
     assert best.learning_rate == record["best"]["params"]["learning_rate"]
     assert best.data == base.data
+    study = optuna.load_study(study_name="radtriage-tune", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
 
     with pytest.raises(ValueError, match="other settings"):
         tune(base, tmp_path / "search", trials=2, seed=4, space=space)
