@@ -161,8 +161,9 @@ def _register_command_groups() -> None:
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
     from .monitoring.cli_commands import monitor_group
+    from .web.cli_commands import users_group
 
-    for command in (audit_group, model_group, label_command, score_command, monitor_group):
+    for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group):
         main.add_command(command)
 
 

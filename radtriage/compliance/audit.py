@@ -134,6 +134,22 @@ MODEL_CHANGED = _kind(
 RETENTION_PURGE = _kind(
     "retention-purge", "Derived data purged after the retention period", codes.DCM_STUDY_DELETED, A.DELETE, "internal"
 )
+# People using the web pages (issue 14): sign-out, the account lockout, accounts changed, studies claimed/read.
+LOGOUT = _kind("logout", "Signed out", codes.DCM_USER_AUTHENTICATION, A.EXECUTE, "inbound", codes.DCM_LOGOUT)
+ACCOUNT_LOCKED = _kind(
+    "account-locked", "Account locked after failed sign-ins", codes.DCM_SECURITY_ALERT, A.EXECUTE, "inbound",
+    codes.DCM_LOGIN,
+)  # fmt: skip
+SIGN_IN_THROTTLED = _kind(
+    "sign-in-throttled", "Sign-in refused (locked account or too many attempts)", codes.DCM_USER_AUTHENTICATION,
+    A.EXECUTE, "inbound", codes.DCM_LOGIN,
+)  # fmt: skip
+USER_ACCOUNT_CHANGED = _kind(
+    "user-account-changed", "Web user account changed", codes.DCM_SECURITY_ALERT, A.UPDATE, "internal",
+    codes.DCM_SECURITY_CONFIGURATION,
+)  # fmt: skip
+STUDY_CLAIMED = _kind("study-claimed", "Study claimed for reading", codes.DCM_PATIENT_RECORD, A.UPDATE, "inbound")
+STUDY_MARKED_READ = _kind("study-marked-read", "Study marked read", codes.DCM_PATIENT_RECORD, A.UPDATE, "inbound")
 APPLICATION_START = _kind(
     "application-start", "Service started", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal",
     codes.DCM_APPLICATION_START,
@@ -184,6 +200,12 @@ EVENT_KINDS: dict[str, EventKind] = {
         FINDINGS_NOT_ASSESSED,
         SHADOW_MODE_CHANGED,
         SITE_VALIDATION_RECORDED,
+        LOGOUT,
+        ACCOUNT_LOCKED,
+        SIGN_IN_THROTTLED,
+        USER_ACCOUNT_CHANGED,
+        STUDY_CLAIMED,
+        STUDY_MARKED_READ,
     )
 }
 

@@ -1,14 +1,14 @@
 """severity, not assessed and shadow mode on results; site validations and shadow-mode overrides (issue 10)
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0005"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
