@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class Components:
     access: AccessControl | None = None
     #: Draft reports, final-report intake, live metrics and drift (set by `install_monitoring`).
     monitoring: Monitoring | None = None
+    #: Shadow mode: whether the model's priorities are acted on (issue 10; `radtriage.monitoring.site_gate`).
+    gate: SiteGate | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -44,6 +47,7 @@ class Components:
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
         self._warn_findings_not_assessed()
+        self._announce_shadow_mode()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
@@ -79,6 +83,23 @@ class Components:
                 },
             )
         )
+
+    def _announce_shadow_mode(self) -> None:
+        """Say at start-up whether the model's priorities are acted on; an explicit setting is audited."""
+        from ..monitoring.site_gate import audit_setting_override
+
+        audit_setting_override(self.settings.shadow_mode, self.audit)
+        if self.gate is None:
+            return
+        try:
+            model = self.service.scorer.identity
+        except Exception:  # reported by _warn_findings_not_assessed already
+            return
+        reason = self.gate(model)
+        if reason is not None:
+            log.warning("SHADOW MODE (%s): results are recorded and shown; no priority is raised or sent", reason)
+        else:
+            log.info("shadow mode off: the model's priorities are acted on")
 
     def close(self) -> None:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord
@@ -167,6 +188,13 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
     )
 
 
+def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
+    """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
+    from ..monitoring.site_gate import SiteAcceptance, SiteGate
+
+    return SiteGate(SiteAcceptance(engine, audit), settings.shadow_mode, drift_action=settings.site_drift_action)
+
+
 def build_components(
     settings: Settings | None = None,
     *,
@@ -187,6 +215,7 @@ def build_components(
     audit = AuditLog(engine)
     store = SqlOrderStore(engine, audit=audit)
     queue = InlineJobQueue(settings.workers)
+    gate = build_site_gate(settings, engine, audit)
     service = TriageService(
         store=store,
         queue=queue,
@@ -195,10 +224,11 @@ def build_components(
         policy=load_policy(settings.policy or None),
         # Records what the model sees (input drift) and applies locally recalibrated thresholds.
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
+        shadow=gate,
     )
     queue.bind(service.run_job)
     components = Components(
-        settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit)
+        settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit), gate=gate
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components
