@@ -165,6 +165,14 @@ def _register_command_groups() -> None:
 
     for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group):
         main.add_command(command)
+    _register_operator_commands()
+
+
+def _register_operator_commands() -> None:
+    """Issue 14's commands for administrators: SMART clients (users are registered above)."""
+    from .compliance.client_commands import clients_group
+
+    main.add_command(clients_group)
 
 
 _register_command_groups()
