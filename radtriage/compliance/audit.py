@@ -158,6 +158,19 @@ APPLICATION_STOP = _kind(
     "application-stop", "Service stopped", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal",
     codes.DCM_APPLICATION_STOP,
 )  # fmt: skip
+# Issue 10: what the model cannot see, and whether its priorities are acted on.
+FINDINGS_NOT_ASSESSED = _kind(
+    "findings-not-assessed", "Policy names findings the model cannot assess", codes.DCM_SECURITY_ALERT, A.EXECUTE,
+    "internal", codes.DCM_SOFTWARE_CONFIGURATION,
+)  # fmt: skip
+SHADOW_MODE_CHANGED = _kind(
+    "shadow-mode-changed", "Shadow mode switched on or off", codes.DCM_SECURITY_ALERT, A.UPDATE, "internal",
+    codes.DCM_SOFTWARE_CONFIGURATION,
+)  # fmt: skip
+SITE_VALIDATION_RECORDED = _kind(
+    "site-validation-recorded", "Site validation of the model recorded", codes.DCM_APPLICATION_ACTIVITY, A.CREATE,
+    "internal",
+)  # fmt: skip
 del A
 
 EVENT_KINDS: dict[str, EventKind] = {
@@ -184,6 +197,9 @@ EVENT_KINDS: dict[str, EventKind] = {
         RETENTION_PURGE,
         APPLICATION_START,
         APPLICATION_STOP,
+        FINDINGS_NOT_ASSESSED,
+        SHADOW_MODE_CHANGED,
+        SITE_VALIDATION_RECORDED,
         LOGOUT,
         ACCOUNT_LOCKED,
         SIGN_IN_THROTTLED,
