@@ -194,9 +194,9 @@ SECRET_SETTINGS = frozenset({"dicomweb_password", "web_secret_key"})
 
 
 def _kind(name: str) -> type:
-    default = Settings.__dataclass_fields__[name]
-    value = default.default if default.default is not MISSING else default.default_factory()  # type: ignore[misc]
-    return type(value)
+    spec = Settings.__dataclass_fields__[name]
+    factory: Any = spec.default_factory
+    return type(spec.default if spec.default is not MISSING else factory())
 
 
 def _allowed(name: str) -> str:
