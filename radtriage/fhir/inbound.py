@@ -56,6 +56,7 @@ from pydantic import ValidationError
 
 from ..app.core.domain import ImagingOrder, Priority
 from ..app.core.errors import ErrorCode, TriageError
+from ..app.core.uids import UID_RULE, is_dicom_uid
 from . import terminology as t
 from .strict_json import primitive_type_problems
 
@@ -66,8 +67,6 @@ R = TypeVar("R", bound=Resource)
 SOURCE: Final = "fhir"
 
 #: DICOM PS3.5 9.1: UID components are digits without leading zeros, separated by dots, 64 characters in all.
-_DICOM_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_MAX_UID_LENGTH: Final = 64
 #: A FHIR logical id (R4 datatypes: id).
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: A literal reference to a Patient, relative or absolute, without a version (R4 References, 2.3.0.1).
@@ -417,10 +416,10 @@ def _study_uid(identifiers: Sequence[Identifier] | None, path: str, *, accept_ur
             continue
         if not uid:
             raise TriageError(ErrorCode.INVALID_INPUT, "the Study Instance UID is empty", location=location)
-        if len(uid) > _MAX_UID_LENGTH or not _DICOM_UID.fullmatch(uid):
+        if not is_dicom_uid(uid):
             raise TriageError(
                 ErrorCode.INVALID_INPUT,
-                "the Study Instance UID is not a DICOM UID (PS3.5 9.1: digits and dots, at most 64 characters)",
+                f"the Study Instance UID is not valid (PS3.5 9.1: {UID_RULE})",
                 location=location,
             )
         found.add(uid)

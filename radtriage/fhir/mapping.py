@@ -201,8 +201,8 @@ def diagnostic_report(
         "issued": _instant(result.created_at or job.updated_at),
         "imagingStudy": [_study_reference(order)],
         "result": [
-            {"reference": f"Observation/{observation_id(job.id, n)}", "display": finding.label}
-            for n, finding in enumerate(result.findings, start=1)
+            {"reference": f"Observation/{observation_id(job.id, n)}", "display": display}
+            for n, display in enumerate(_report_item_displays(result), start=1)
         ],
         "conclusion": conclusion(result),
     }
@@ -243,6 +243,10 @@ def conclusion(result: TriageResult) -> str:
         lines.append(f"Findings at or above the model's operating point: {listed}.")
     else:
         lines.append("No finding reached the model's operating point.")
+    if result.not_assessed:
+        lines.append(f"Not assessed (this model has no output for them): {', '.join(result.not_assessed)}.")
+    if result.severity is not None:
+        lines.append(f"Radiographic severity (geographic extent 0-8): {result.severity:.1f}.")
     lines.append(
         f"Preliminary machine triage by {result.model.name} {result.model.version}; not a radiologist's report."
     )
@@ -250,22 +254,102 @@ def conclusion(result: TriageResult) -> str:
 
 
 def observations(order: ImagingOrder, job: Job, result: TriageResult) -> list[JsonObject]:
-    """One Observation per finding, ids ``<job id>-1`` … ``<job id>-n`` in the model's label order."""
-    return [_observation(order, job, result, n, finding) for n, finding in enumerate(result.findings, start=1)]
+    """Every Observation of a result, ids ``<job id>-1`` … ``<job id>-n``: one per finding in the model's label
+    order, then one per finding not assessed (no value, a ``dataAbsentReason``), then the severity if any."""
+    count = _report_item_count(result)
+    return [built for n in range(1, count + 1) if (built := observation(order, job, result, n)) is not None]
 
 
 def observation(order: ImagingOrder, job: Job, result: TriageResult, n: int) -> JsonObject | None:
-    """Observation ``n`` (1-based) of a result, or None when there is no such finding."""
-    if not 1 <= n <= len(result.findings):
-        return None
-    return _observation(order, job, result, n, result.findings[n - 1])
+    """Observation ``n`` (1-based) of a result, or None when there is no such Observation."""
+    findings, not_assessed = len(result.findings), len(result.not_assessed)
+    if 1 <= n <= findings:
+        return _observation(order, job, result, n, result.findings[n - 1])
+    if findings < n <= findings + not_assessed:
+        return _not_assessed_observation(order, job, result, n, result.not_assessed[n - findings - 1])
+    if n == findings + not_assessed + 1 and result.severity is not None:
+        return _severity_observation(order, job, result, n, result.severity)
+    return None
+
+
+def _report_item_count(result: TriageResult) -> int:
+    return len(result.findings) + len(result.not_assessed) + (result.severity is not None)
+
+
+def _report_item_displays(result: TriageResult) -> list[str]:
+    """The display of each Observation reference of the report, in Observation number order."""
+    displays = [f.label for f in result.findings] + [f"{label} (not assessed)" for label in result.not_assessed]
+    return displays + ([t.SEVERITY_CODE[1]] if result.severity is not None else [])
+
+
+def _finding_coding(label: str) -> list[JsonObject]:
+    coding: list[JsonObject] = [{"system": t.FINDING_SYSTEM, "code": label, "display": label}]
+    if label in t.FINDING_SNOMED:
+        code, display = t.FINDING_SNOMED[label]
+        coding.append({"system": t.SNOMED_SYSTEM, "code": code, "display": display})
+    return coding
+
+
+def _model_output_observation(order: ImagingOrder, job: Job, result: TriageResult, n: int) -> JsonObject:
+    """What every Observation of a result shares: id, status, subject, the model as device, the study."""
+    resource: JsonObject = {
+        "resourceType": "Observation",
+        "id": observation_id(job.id, n),
+        "meta": _meta(result.created_at or job.updated_at, result),
+        "status": "preliminary",
+        "category": [{"coding": [{"system": t.OBSERVATION_CATEGORY_SYSTEM, "code": "imaging", "display": "Imaging"}]}],
+        "subject": subject_reference(order.patient_ref),
+        "issued": _instant(result.created_at or job.updated_at),
+        "device": {
+            **device_reference(result.model),
+            "identifier": {"system": t.MODEL_SHA256_SYSTEM, "value": result.model.sha256},
+        },
+        "derivedFrom": [_study_reference(order)],
+    }
+    if order.service_request_ref:
+        resource["basedOn"] = [_service_request_reference(order)]
+    if result.model.placeholder:
+        resource["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
+    return resource
+
+
+def _not_assessed_observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, label: str) -> JsonObject:
+    """A finding the triage policy names but the model has no output for: no value, and why (R4 obs-6)."""
+    resource = _model_output_observation(order, job, result, n)
+    model = f"{result.model.name} {result.model.version}"
+    resource["code"] = {"coding": _finding_coding(label), "text": f"Probability of {label} (not assessed)"}
+    resource["dataAbsentReason"] = {
+        "coding": [{"system": t.DATA_ABSENT_REASON_SYSTEM, "code": "not-performed", "display": "Not Performed"}],
+        "text": f"Not assessed: the model {model} does not assess {label}. Its absence here says nothing about "
+        f"whether {label} is present; a rule of the triage policy for it cannot raise the priority.",
+    }
+    return _dump(Observation, resource)
+
+
+def _severity_observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, value: float) -> JsonObject:
+    """The predicted radiographic severity, which orders studies within one priority (it sets none)."""
+    resource = _model_output_observation(order, job, result, n)
+    code, display = t.SEVERITY_CODE
+    resource["code"] = {"coding": [{"system": t.TRIAGE_SYSTEM, "code": code, "display": display}], "text": display}
+    resource["valueQuantity"] = {
+        "value": round(float(value), 2),
+        "unit": "score",
+        "system": t.UCUM_SYSTEM,
+        "code": "{score}",
+    }
+    resource["referenceRange"] = [
+        {
+            "low": {"value": 0, "unit": "score", "system": t.UCUM_SYSTEM, "code": "{score}"},
+            "high": {"value": 8, "unit": "score", "system": t.UCUM_SYSTEM, "code": "{score}"},
+            "text": "geographic extent of opacity, 0 (none) to 8 (both lungs fully involved); orders studies "
+            "within one priority, never sets a priority",
+        }
+    ]
+    return _dump(Observation, resource)
 
 
 def _observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, finding: FindingScore) -> JsonObject:
-    coding = [{"system": t.FINDING_SYSTEM, "code": finding.label, "display": finding.label}]
-    if finding.label in t.FINDING_SNOMED:
-        code, display = t.FINDING_SNOMED[finding.label]
-        coding.append({"system": t.SNOMED_SYSTEM, "code": code, "display": display})
+    coding = _finding_coding(finding.label)
     positive = finding.positive
     resource: JsonObject = {
         "resourceType": "Observation",
@@ -323,7 +407,7 @@ def device(model: ModelIdentity) -> JsonObject:
 
 def provenance_targets(job: Job, result: TriageResult) -> list[str]:
     """What the model authored for one job: the DiagnosticReport, every Observation and the Task."""
-    observations_made = [f"Observation/{observation_id(job.id, n)}" for n in range(1, len(result.findings) + 1)]
+    observations_made = [f"Observation/{observation_id(job.id, n)}" for n in range(1, _report_item_count(result) + 1)]
     return [f"DiagnosticReport/{job.id}", *observations_made, f"Task/{job.id}"]
 
 
