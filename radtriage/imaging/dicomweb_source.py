@@ -9,6 +9,7 @@ connection refused / reset, DNS failure, timeout           PACS_UNAVAILABLE (ret
 HTTP 5xx, 429, 408                                         PACS_UNAVAILABLE (retryable)
 HTTP 401 / 403 (the archive refused our credentials)       PACS_UNAVAILABLE, detail says so
 HTTP 404, an empty QIDO-RS result, an invalid UID          STUDY_NOT_FOUND
+an instance that is not readable Part 10 (no preamble)     UNREADABLE_IMAGE (not retryable)
 any other HTTP status, an answer that is not DICOM         PACS_UNAVAILABLE
 =========================================================  ====================================
 
@@ -34,6 +35,7 @@ from typing import TypeVar
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmwrite
+from pydicom.errors import InvalidDicomError
 from retrying import RetryError  # dicomweb-client's retry library: raised when every attempt got a retryable status
 
 from radtriage.app.core.domain import InstanceInfo
@@ -237,6 +239,12 @@ class DicomwebStudySource:
         except requests.RequestException as exc:
             raise TriageError(
                 ErrorCode.PACS_UNAVAILABLE, f"the request to {what} failed ({type(exc).__name__})"
+            ) from None
+        except InvalidDicomError:
+            # The archive sent an object pydicom cannot read as Part 10 (no preamble, no "DICM", no file meta):
+            # asking again gives the same bytes, so the study is "not analysed", not "try later".
+            raise TriageError(
+                ErrorCode.UNREADABLE_IMAGE, f"the image archive's answer to {what} is not a readable DICOM file"
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             # The client raises these for answers it cannot parse: bad JSON, a multipart body that is not DICOM.

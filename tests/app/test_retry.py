@@ -233,3 +233,21 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
     with pytest.raises(ValueError):
         RetryPolicy(base_delay=0)
     assert timedelta(seconds=RetryPolicy().retry_for) == timedelta(hours=24)
+
+
+def test_an_unreadable_object_from_the_pacs_fails_at_once_without_a_traceback(
+    orthanc: OrthancServer, tmp_path: Path, scorer: XrvScorer, caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset = pydicom.dcmread(pydicom_data_dir() / "RG1_J2KI.dcm")
+    dataset.StudyInstanceUID, dataset.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    orthanc.upload(buffer.getvalue()[132:])  # served back without the Part 10 preamble and "DICM"
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}", orthanc.dicomweb_url)
+    with running(settings, scorer, orthanc) as components:
+        _, job, _ = components.service.submit_order(order(str(dataset.StudyInstanceUID)))
+        failed = wait_until(lambda: components.service.job(job.id), lambda j: j.state is JobState.FAILED)
+        time.sleep(1.0)  # a retry, if one were planned, would be due by now
+        assert components.service.job(job.id).attempts == 1
+    assert failed.failure_code == "unreadable-image" and not failed.retryable and not failed.waiting_to_retry
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
