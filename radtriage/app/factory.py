@@ -46,11 +46,44 @@ class Components:
 
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
+        self._warn_findings_not_assessed()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
         if self.retries is not None:
             self.retries.start()
+
+    def _warn_findings_not_assessed(self) -> None:
+        """Say loudly, in the log and the audit trail, when the policy has a rule the model can never fire.
+
+        This process runs workers, so it loads the model now rather than at its first study."""
+        from ..compliance.audit import FINDINGS_NOT_ASSESSED, AuditRecord
+
+        try:
+            scorer = self.service.scorer
+            missing = self.service.not_assessed(scorer)
+        except Exception:  # the jobs will fail with MODEL_UNAVAILABLE and say so; start-up goes on
+            log.warning("the model could not be loaded at start-up, so its findings could not be checked")
+            return
+        if not missing:
+            return
+        log.warning(
+            "THE TRIAGE POLICY HAS RULES FOR FINDINGS THE MODEL CANNOT ASSESS: %s. Model %s %s has no output for "
+            "them; every result reports them as 'not assessed' and these rules can never raise a priority.",
+            ", ".join(missing),
+            scorer.identity.name,
+            scorer.identity.version,
+        )
+        self.audit.record(
+            AuditRecord(
+                FINDINGS_NOT_ASSESSED,
+                details={
+                    "not-assessed": ", ".join(missing),
+                    "model": f"{scorer.identity.name} {scorer.identity.version}",
+                    "model-sha256": scorer.identity.sha256,
+                },
+            )
+        )
 
     def close(self) -> None:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord

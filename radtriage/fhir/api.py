@@ -82,7 +82,7 @@ from ..compliance.audit_store import AuditLog, AuditQueryError, StoredAuditEvent
 from ..compliance.auth import AuthError
 from ..compliance.export import ExportFormat, export_audit, filter_from_fhir_search
 from ..compliance.flask_auth import refusal_response, require_scope, smart_configuration_view
-from . import mapping, terminology
+from . import inbound, mapping, terminology
 from .capability import Operation, Route, SearchParam, Security, capability_statement
 from .devices import ModelLookup
 from .errors import RETRY_AFTER_SECONDS, http_outcome, operation_outcome
@@ -213,12 +213,12 @@ def fhir_blueprint(
 
     def post_imaging_study() -> Response:
         """Accepts the ImagingStudy as a triage order and returns its Task; the study itself is not stored."""
-        order = mapping.order_from_imaging_study(_read_json_body())
+        order = inbound.order_from_imaging_study(_read_json_body())
         return _created_or_existing(*submit(order), fhir_base())
 
     def post_service_request() -> Response:
         """Accepts the ServiceRequest (with the study UID in its identifier) as a triage order; returns its Task."""
-        order = mapping.order_from_service_request(_read_json_body())
+        order = inbound.order_from_service_request(_read_json_body())
         return _created_or_existing(*submit(order), fhir_base())
 
     def post_transaction() -> Response:
@@ -226,7 +226,7 @@ def fhir_blueprint(
         body = _read_json_body()
         for resource_type in _entry_types(body):  # authorisation before any other look at the content
             demand_scope(f"system/{resource_type}.c")
-        found = mapping.orders_from_transaction(body)  # checks every entry before anything is stored
+        found = inbound.orders_from_transaction(body)  # checks every entry before anything is stored
         responses: dict[int, mapping.EntryResponse] = {}
         for item in found:
             task, job, created = submit(item.order)

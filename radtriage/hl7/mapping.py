@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app.core.domain import ImagingOrder, Priority
+from ..app.core.uids import is_dicom_uid
 from . import er7
 from .ack import AckHeader, ErrorCondition, Hl7Issue, Location
 from .priority_map import DEFAULT_PRIORITY_MAP, PriorityMap, UnknownPriorityCode
@@ -61,7 +62,6 @@ CHARACTER_SETS: dict[str, str] = {
 }
 
 #: DICOM PS3.5 9.1: a UID is at most 64 characters of digits and dots.
-_UID = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
 #: Column sizes of the orders table; a longer value is a data type error, not a database error.
 _MAX_LENGTH = {
     "study_instance_uid": 64,
@@ -514,7 +514,7 @@ def _study_uid(
     for value, location in candidates:
         if value:
             uid = value.strip()
-            if len(uid) > 64 or not _UID.match(uid):
+            if not is_dicom_uid(uid):
                 issues.append(
                     Hl7Issue(ErrorCondition.DATA_TYPE_ERROR, "Study Instance UID is not a valid DICOM UID", location)
                 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -129,8 +130,11 @@ def priority_update(
     now: datetime,
     reason: str = "",
     control_id: str | None = None,
+    notes: Sequence[str] = (),
 ) -> OutboundMessage:
-    """ORM^O01 XO or OMI^O23 XO carrying `priority` (the caller makes sure it is never below the order's)."""
+    """ORM^O01 XO or OMI^O23 XO carrying `priority` (the caller makes sure it is never below the order's).
+
+    `reason` is the first NTE; each of `notes` (e.g. the findings the model did not assess) one more."""
     control_id = control_id or new_control_id()
     version = _version(options.style, context)
     # OMI carries the priority in TQ1-9. ORM^O01 never gained a TQ1 segment (it was frozen when TQ1 came in
@@ -159,8 +163,8 @@ def priority_update(
         if not modern:
             obr += [None] * 6 + [_tq(code[0])]  # OBR-27
     segments.append(er7.encode_segment("OBR", obr))
-    if reason:
-        segments.append(er7.encode_segment("NTE", ["1", "L", reason[:200]]))
+    for set_id, text in enumerate((note for note in (reason, *notes) if note), start=1):
+        segments.append(er7.encode_segment("NTE", [str(set_id), "L", text[:200]]))
     if options.style is OutboundStyle.OMI:
         segments.append(
             er7.encode_segment(
@@ -239,9 +243,17 @@ def result_report(
                 "A" if finding.positive else "N",  # OBX-8 abnormal flag
             ]
         )
-    for n, fields in enumerate(obx, start=1):
+    if result.severity is not None:
+        severity = ("SEVERITY", "Radiographic severity (geographic extent 0-8)", LOCAL_CODING_SYSTEM)
+        obx.append(["NM", severity, "1", f"{result.severity:.1f}", None, "0-8"])
+    statuses = ["P"] * len(obx)
+    for label in result.not_assessed:
+        # OBX-11 "X": results cannot be obtained for this observation. The model has no output for the finding.
+        obx.append(["ST", (label, label, LOCAL_CODING_SYSTEM), "1", None])
+        statuses.append("X")
+    for n, (fields, status) in enumerate(zip(obx, statuses, strict=True), start=1):
         fields += [None] * (9 - len(fields))  # fields[0] is OBX-2: pad up to OBX-10
-        fields += ["P", None, None, observed, None, None, method]  # OBX-11 status, OBX-14 time, OBX-17 method
+        fields += [status, None, None, observed, None, None, method]  # OBX-11 status, OBX-14 time, OBX-17 method
         segments.append(er7.encode_segment("OBX", [str(n), *fields]))
     note = (
         f"Computer-assisted triage by {model.name} {model.version} (sha256 {model.sha256[:16]}). "
@@ -249,6 +261,8 @@ def result_report(
     )
     if model.placeholder:
         note += " PLACEHOLDER MODEL, NOT TRAINED: the scores carry no clinical meaning."
+    if result.not_assessed:
+        note += f" Not assessed (the model has no output for them): {', '.join(result.not_assessed)}."
     if result.priority_reason:
         note += f" Priority: {result.priority_reason}"
     segments.append(er7.encode_segment("NTE", ["1", "L", note[:500]]))

@@ -248,7 +248,8 @@ class HL7ResultPublisher:
         # Never lower the priority the order arrived with (the core ensures it too; this is the last door out).
         priority = max(result.priority, order.requested_priority)
         update_message = priority_update(
-            order, context, priority, self.options.outbound, now=now, reason=result.priority_reason
+            order, context, priority, self.options.outbound, now=now, reason=result.priority_reason,
+            notes=not_assessed_notes(result),
         )
         stored = self.outbox.add(
             order_id=order.id,
@@ -274,6 +275,13 @@ class HL7ResultPublisher:
             log.info("HL7 outbox: update for job %s stored (priority %s)", result.job_id, priority.code)
             if self.on_stored is not None:
                 self.on_stored()
+
+
+def not_assessed_notes(result: TriageResult) -> tuple[str, ...]:
+    """The NTE that says which findings the model did not assess (so the RIS never reads silence as negative)."""
+    if not result.not_assessed:
+        return ()
+    return (f"Not assessed (the model has no output for them): {', '.join(result.not_assessed)}",)
 
 
 # ---------------------------------------------------------------------------------------------- sending

@@ -24,7 +24,6 @@ so one dead PACS cannot occupy every worker. After the cool-down one request is 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from retrying import RetryError  # dicomweb-client's retry library: raised when 
 
 from radtriage.app.core.domain import InstanceInfo
 from radtriage.app.core.errors import ErrorCode, TriageError
+from radtriage.app.core.uids import is_dicom_uid
 
 from .attributes import instance_info_from_dataset
 
@@ -69,8 +69,6 @@ RETRY_BACKOFF_MULTIPLIER_MS = 250
 
 #: The longest wait for a TCP connection to the archive: a host that drops packets should not cost a full read timeout.
 MAX_CONNECT_TIMEOUT_S = 5.0
-
-_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 T = TypeVar("T")
 
@@ -311,9 +309,8 @@ def _datasets_from_json(results: object, what: str) -> list[Dataset]:
 
 def _require_valid_uids(*uids: str) -> None:
     """An order with a malformed UID names a study no archive can have (PS3.5 9.1); the client would refuse it."""
-    # A plain pattern (PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters): pydicom's UID
-    # class would also log the offending value as a warning, and an order's UID is not for the logs.
-    if not all(len(uid) <= 64 and _UID_PATTERN.fullmatch(uid) for uid in uids):
+    # The core's rule, not pydicom's UID class: that would log the offending value, and a UID is not for the logs.
+    if not all(is_dicom_uid(uid) for uid in uids):
         raise TriageError(ErrorCode.STUDY_NOT_FOUND, "the study or instance UID is not a valid DICOM UID")
 
 

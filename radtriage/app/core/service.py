@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from .domain import FindingScore, ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
+from .domain import FindingScore, ImagingOrder, InstanceInfo, Job, JobEvent, JobState, Priority, TriageResult
 from .errors import ErrorCode, TriageError
 from .pipeline import advance
 from .ports import (
@@ -22,7 +22,9 @@ from .ports import (
     InstanceSelector,
     JobQueue,
     OrderStore,
+    PreparedImage,
     ResultPublisher,
+    ShadowGate,
     StudySource,
     TriagePolicy,
 )
@@ -54,8 +56,11 @@ class TriageService:
         clock: Clock | None = None,
         listeners: Sequence[EventListener] = (),
         publishers: Sequence[ResultPublisher] = (),
+        shadow: ShadowGate | None = None,
     ) -> None:
-        """`scorer` is a factory so that processes that never score (web, MLLP) never load the model."""
+        """`scorer` is a factory so that processes that never score (web, MLLP) never load the model.
+
+        `shadow` says, per model, whether its priorities are only recorded (shadow mode); None acts on them."""
         self.store = store
         self.queue = queue
         self.source = source
@@ -66,6 +71,7 @@ class TriageService:
         self.clock: Clock = clock or SystemClock()
         self.listeners = list(listeners)
         self.publishers = list(publishers)
+        self.shadow = shadow
 
     # ------------------------------------------------------------------ orders in
 
@@ -173,20 +179,8 @@ class TriageService:
             job = self._move(job, S.PREPROCESSED)
             job = self._move(job, S.SCORING)
             findings = scorer.score(image)
-            priority, why = self.policy.decide(findings, order.requested_priority)
-            # The policy promises this already; the core enforces it too because it is a safety rule.
-            priority = max(priority, order.requested_priority)
-            result = TriageResult(
-                job_id=job.id,
-                findings=tuple(findings),
-                priority=priority,
-                model=scorer.identity,
-                series_instance_uid=chosen.series_instance_uid,
-                sop_instance_uid=chosen.sop_instance_uid,
-                priority_reason=why,
-                created_at=self._now(),
-            )
-            job = self._move(job, S.SCORED, priority=priority, result=result)
+            result = self._triage(job.id, order, chosen, scorer, image, findings)
+            job = self._move(job, S.SCORED, priority=result.priority, result=result)
             job = self._move(job, S.PUBLISHING)
             for publisher in self.publishers:
                 publisher.publish(order, result)
@@ -204,6 +198,55 @@ class TriageService:
         except Exception:
             log.exception("job %s failed with an unexpected error", job_id)
             return self._fail(job_id, TriageError(ErrorCode.INTERNAL, "unexpected error while processing"))
+
+    def _triage(
+        self,
+        job_id: str,
+        order: ImagingOrder,
+        chosen: InstanceInfo,
+        scorer: ImageScorer,
+        image: PreparedImage,
+        findings: Sequence[FindingScore],
+    ) -> TriageResult:
+        """The result of one scored study: the policy's priority (acted on unless in shadow mode), the severity
+        and the findings the policy names that this model cannot assess."""
+        decided, why = self.policy.decide(findings, order.requested_priority)
+        # The policy promises this already; the core enforces it too because it is a safety rule.
+        decided = max(decided, order.requested_priority)
+        shadow_reason = self.shadow(scorer.identity) if self.shadow is not None else None
+        priority = decided
+        if shadow_reason is not None:
+            # Shadow mode: record what the model would have done, act on nothing (the order keeps its priority).
+            priority = order.requested_priority
+            why = f"SHADOW MODE ({shadow_reason}): the model would have set {decided.code.upper()}; {why}"
+        return TriageResult(
+            job_id=job_id,
+            findings=tuple(findings),
+            priority=priority,
+            model=scorer.identity,
+            series_instance_uid=chosen.series_instance_uid,
+            sop_instance_uid=chosen.sop_instance_uid,
+            priority_reason=why,
+            created_at=self._now(),
+            severity=self._severity(job_id, scorer, image),
+            not_assessed=self.not_assessed(scorer),
+            shadow=shadow_reason is not None,
+            model_priority=decided,
+        )
+
+    def not_assessed(self, scorer: ImageScorer | None = None) -> tuple[str, ...]:
+        """Findings the triage policy names that the model has no output for, sorted: "not assessed"."""
+        scorer = scorer or self.scorer
+        return tuple(sorted(self.policy.labels_named() - frozenset(scorer.labels)))
+
+    @staticmethod
+    def _severity(job_id: str, scorer: ImageScorer, image: PreparedImage) -> float | None:
+        """Severity orders studies within a priority; a severity that fails must not cost the study its triage."""
+        try:
+            return scorer.severity(image)
+        except Exception:
+            log.exception("severity for job %s could not be computed; the result is kept without it", job_id)
+            return None
 
     @property
     def scorer(self) -> ImageScorer:

@@ -47,6 +47,21 @@ _ORDER_FIELDS = (
 
 
 
+def worklist_order() -> tuple[Any, ...]:
+    """ORDER BY for a worklist of `jobs` outer-joined with `results`: priority (most urgent first), then severity
+    (most severe first; studies without a severity after those with one), then waiting time (oldest first).
+
+    Severity only orders studies within one priority, never across: it does not change any priority. SQL's NULL
+    ordering differs between SQLite and PostgreSQL, so "no severity last" is written out."""
+    return (
+        jobs.c.priority.desc(),
+        case((results.c.severity.is_(None), 1), else_=0),
+        results.c.severity.desc(),
+        jobs.c.created_at,
+        jobs.c.id,
+    )
+
+
 def _order_from_row(row: Row[Any]) -> ImagingOrder:
     m = row._mapping
     values = {name: m[name] for name in _ORDER_FIELDS}
@@ -82,6 +97,10 @@ def _result_from_row(row: Row[Any]) -> TriageResult:
         sop_instance_uid=m["sop_instance_uid"],
         priority_reason=m["priority_reason"],
         created_at=_utc(m["created_at"]),
+        severity=None if m["severity"] is None else float(m["severity"]),
+        not_assessed=tuple(m["not_assessed"] or ()),
+        shadow=bool(m["shadow"]),
+        model_priority=None if m["model_priority"] is None else Priority(m["model_priority"]),
     )
 
 
@@ -337,6 +356,10 @@ class SqlOrderStore:
                 {"label": f.label, "probability": f.probability, "threshold": f.threshold} for f in result.findings
             ],
             "created_at": result.created_at,
+            "severity": result.severity,
+            "not_assessed": list(result.not_assessed),
+            "shadow": result.shadow,
+            "model_priority": None if result.model_priority is None else int(result.model_priority),
         }
 
     def get_result(self, job_id: str) -> TriageResult | None:
@@ -368,6 +391,7 @@ class SqlOrderStore:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[Job], int]:
+        """The worklist order: priority, then severity (most severe first; unscored last), then waiting time."""
         query = select(jobs)
         if states:
             query = query.where(jobs.c.state.in_([s.value for s in states]))
@@ -375,9 +399,8 @@ class SqlOrderStore:
             query = query.where(jobs.c.priority.in_([int(p) for p in priorities]))
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-            rows = conn.execute(
-                query.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).offset(offset).limit(limit)
-            ).all()
+            ordered = query.outerjoin(results, results.c.job_id == jobs.c.id).order_by(*worklist_order())
+            rows = conn.execute(ordered.offset(offset).limit(limit)).all()
         return [_job_from_row(r) for r in rows], total
 
     def list_results(

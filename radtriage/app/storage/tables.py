@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -103,6 +104,12 @@ results = Table(
     # [{"label": ..., "probability": ..., "threshold": ...}, ...] in model label order
     Column("findings", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Issue 10 (migration 0006): severity (geographic extent 0-8, None without a severity output); the findings
+    # the policy names that the model cannot assess (a JSON list); shadow mode and what the model would have set.
+    Column("severity", Float),
+    Column("not_assessed", JSON, nullable=False, default=list),
+    Column("shadow", Boolean, nullable=False, default=False),
+    Column("model_priority", Integer),
 )
 
 # Heatmap overlays of a result's positive findings (PNG), written with the result; kept apart from `results` so
@@ -115,3 +122,31 @@ heatmaps = Table(
     Column("position", Integer, nullable=False),
     Column("png", LargeBinary, nullable=False),
 )
+
+# Site acceptance (issue 10): each `radtriage model validate-site` run, tied to the model's weights. Until one is
+# recorded for the active model, shadow_mode "auto" keeps the service in shadow mode.
+site_validations = Table(
+    "site_validations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_sha256", String(64), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_by", String(255), nullable=False),
+    Column("n", Integer, nullable=False),
+    # AUROC, sensitivity, specificity, ECE with 95% CIs, the recommended operating points, the sample's source
+    Column("metrics", JSON, nullable=False),
+)
+Index("ix_site_validations_model_sha256", site_validations.c.model_sha256)
+
+# Operators' explicit shadow-mode decisions (`radtriage model shadow on|off|auto --reason ...`), newest wins.
+shadow_overrides = Table(
+    "shadow_overrides",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_sha256", String(64), nullable=False),
+    Column("mode", String(8), nullable=False),  # on | off | auto (auto: back to the validation rule)
+    Column("reason", Text, nullable=False),
+    Column("recorded_by", String(255), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_shadow_overrides_model_sha256", shadow_overrides.c.model_sha256)
