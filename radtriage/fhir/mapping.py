@@ -34,7 +34,7 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.task import Task
 
 from ..app.core.domain import FindingScore, ImagingOrder, Job, JobState, ModelIdentity, TriageResult
-from ..app.core.errors import ErrorCode
+from ..app.core.errors import ErrorCode, waiting_text
 from ..compliance.provenance import device_id, device_resource, label_ai_asserted, provenance_resource
 from . import terminology as t
 
@@ -115,16 +115,17 @@ def heatmap_binary(job_id: str, n: int, png: bytes, report_ref: str) -> JsonObje
 
 
 def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) -> JsonObject:
-    """The FHIR Task that tracks one job (id = job id)."""
+    """The FHIR Task that tracks one job (id = job id).
+
+    A job that failed for a reason that may go away and will be tried again (`Job.waiting_to_retry`) is still
+    ``in-progress`` for the client, with a business status that says what it waits for ("waiting for PACS") and
+    the last failure as ``statusReason``; it becomes ``failed`` only when its retries are given up."""
     task: JsonObject = {
         "resourceType": "Task",
         "id": job.id,
         "meta": _meta(job.updated_at, result),
-        "status": task_status(job.state),
-        "businessStatus": {
-            "coding": [{"system": t.JOB_STATE_SYSTEM, "code": job.state.value}],
-            "text": f"pipeline state: {job.state.value}",
-        },
+        "status": "in-progress" if job.waiting_to_retry else task_status(job.state),
+        "businessStatus": _business_status(job),
         "intent": "order",
         "priority": job.priority.code,
         "code": _triage_concept(),
@@ -143,7 +144,7 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
         task["basedOn"] = [_service_request_reference(order)]
     if job.created_at is not None:
         task["executionPeriod"] = {"start": _instant(job.created_at)}
-        if job.state.is_terminal and job.updated_at is not None:
+        if job.state.is_terminal and not job.waiting_to_retry and job.updated_at is not None:
             task["executionPeriod"]["end"] = _instant(job.updated_at)
     if job.state is JobState.FAILED:
         task["statusReason"] = _failure_reason(job)
@@ -519,6 +520,18 @@ def _service_request_reference(order: ImagingOrder) -> JsonObject | None:
 
 def _triage_concept(code: str = "cxr-triage", display: str = "Chest radiograph triage by a model") -> JsonObject:
     return {"coding": [{"system": t.TRIAGE_SYSTEM, "code": code, "display": display}]}
+
+
+def _business_status(job: Job) -> JsonObject:
+    if job.waiting_to_retry and job.next_attempt_at is not None:
+        return {
+            "coding": [{"system": t.JOB_STATE_SYSTEM, "code": "waiting-to-retry"}],
+            "text": f"{waiting_text(job.failure_code)}: next attempt at {_instant(job.next_attempt_at)}",
+        }
+    return {
+        "coding": [{"system": t.JOB_STATE_SYSTEM, "code": job.state.value}],
+        "text": f"pipeline state: {job.state.value}",
+    }
 
 
 def _failure_reason(job: Job) -> JsonObject:
