@@ -1,14 +1,14 @@
 """FHIR order resources (ServiceRequest, ImagingStudy) kept as the EHR sent them
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0006"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
