@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..app.core.domain import FindingScore, ImagingOrder, Job, Priority, TriageResult
-from ..app.core.errors import ErrorCode, TriageError
+from ..app.core.errors import ErrorCode, TriageError, waiting_text
 from ..compliance.audit import (
     ACCOUNT_LOCKED,
     AUDIT_READ,
@@ -415,6 +415,13 @@ def web_blueprint(
             "findings": [_finding_json(f) for f in row.positive_findings],
             "scored": bool(row.findings),
             "placeholder": row.placeholder_model,
+            # A retryable failure that will be tried again (radtriage.app.retry) says so, with the time.
+            "retry_at": row.next_attempt_at.isoformat(timespec="seconds") if row.next_attempt_at else None,
+            **(
+                {"reason": f"{waiting_text(row.failure_code)}, next try {row.next_attempt_at:%H:%M} UTC"}
+                if row.next_attempt_at
+                else {}
+            ),
         }
 
     def _audit_worklist(rows: list[WorklistRow]) -> None:
