@@ -88,3 +88,16 @@ def test_sql_parameters_never_reach_error_messages(database_url: str) -> None:
         conn.execute(insert(hl7_message_log).values(values))  # received_at NULL fails on every database
     assert MARKER not in str(caught.value)
     engine.dispose()
+
+
+def test_control_characters_from_a_sender_are_escaped_in_the_logs(
+    poison_door: HL7Door, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MSH-3/9/10 are logged; a terminal escape sequence in them must arrive in the log as text, not as control."""
+    caplog.set_level(logging.INFO, logger="radtriage")
+    payload = orm("C1\x1b[2J\x1b]0;x\x07", sender="R\x1b[31mIS|HOSP", version="2.5.1")
+    (answer,) = send_messages("127.0.0.1", poison_door.port, [payload], timeout=10)
+    assert ack_code(answer) in ("AA", "AE")
+    hl7_lines = [r.getMessage() for r in caplog.records if r.name.startswith("radtriage.hl7")]
+    assert any("C1\\x1b[2J\\x1b]0;x\\x07" in line and "R\\x1b[31mIS" in line for line in hl7_lines)
+    assert not any("\x1b" in line or "\x07" in line for line in hl7_lines)
