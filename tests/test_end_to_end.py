@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from radtriage.app.config import load_settings
-from radtriage.app.demo import FHIR_JSON, DemoStudy, imaging_study, order_bundle, running_service
+from radtriage.app.demo import FHIR_JSON, DemoStudy, imaging_study, order_bundle, running_service, task_of_transaction
 from tests.support.data import pydicom_data_dir
 
 pytestmark = pytest.mark.slow
@@ -64,11 +64,7 @@ def test_orders_are_triaged_from_a_real_pacs(loaded_orthanc, tmp_path: Path) -> 
         )
         assert [r.status_code for r in (leg, mr, missing)] == [201, 201, 201]
 
-        chest_task_id = next(
-            e["response"]["location"].split("/")[1]
-            for e in chest.json()["entry"]
-            if e["response"]["location"].startswith("Task/")
-        )
+        chest_task_id = task_of_transaction(base, chest.json())
         chest_task = wait_for(base, chest_task_id)
         assert chest_task["status"] == "completed"
         # The order said asap: the result may raise it to stat but never lower it.

@@ -241,6 +241,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     from ..monitoring.api import monitoring_blueprint
     from ..monitoring.wiring import install_monitoring
     from ..web import web_blueprint  # the pages for people (sign-in, worklist, study, audit, model)
+    from .storage.fhir_resource_store import SqlFhirResourceStore
 
     components = components or build_components(settings)
     monitoring = install_monitoring(components)  # idempotent
@@ -256,6 +257,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         base_url=base_url,
         find_draft=monitoring.drafts,
         receive_final_report=monitoring.fhir_report_receiver(),
+        resources=SqlFhirResourceStore(components.engine),
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(monitoring_blueprint(monitoring))

@@ -41,6 +41,7 @@ from . import terminology as t
 JsonObject = dict[str, Any]
 
 #: A literal reference to a Patient, relative or absolute, without a version (R4 References, 2.3.0.1).
+_HISTORY = re.compile(r"/_history/[^/]+$")
 _PATIENT_REFERENCE = re.compile(r"(?:(?:https?://\S+/)?)Patient/[A-Za-z0-9\-.]{1,64}")
 
 UNTRAINED_PLACEHOLDER_WARNING: Final = (
@@ -173,13 +174,15 @@ def diagnostic_report(
     *,
     draft: str | None = None,
     heatmap_labels: Sequence[str] = (),
+    base_url: str | None = None,
 ) -> JsonObject:
     """The preliminary triage report of a scored job (id = job id), pointing at one Observation per finding.
 
     With a `draft` (a routine study drafted by `radtriage.model.drafting`, drafting mode "on"), the draft is the
     conclusion and also the ``presentedForm`` (text/plain, UTF-8, base64); the status stays ``preliminary``,
     because a radiologist signs the report. Each of `heatmap_labels` (positive findings whose heatmap the worker
-    stored) adds a ``presentedForm`` PNG by reference, ``Binary/heatmap-<job id>-<n>``.
+    stored) adds a ``presentedForm`` PNG by reference, ``<base_url>/Binary/heatmap-<job id>-<n>``: an absolute URL
+    (R4 allows a relative one in Attachment.url, but widely used clients such as fhir.resources 6 refuse it).
     """
     report: JsonObject = {
         "resourceType": "DiagnosticReport",
@@ -219,7 +222,7 @@ def diagnostic_report(
         report.setdefault("presentedForm", []).extend(
             {
                 "contentType": "image/png",
-                "url": f"Binary/{heatmap_binary_id(job.id, n)}",
+                "url": f"{base_url.rstrip('/') + '/' if base_url else ''}Binary/{heatmap_binary_id(job.id, n)}",
                 "title": f"Heatmap, {label}: where the model looked (Grad-CAM over the image the model saw)",
                 "creation": _instant(result.created_at or job.updated_at),
             }
@@ -455,12 +458,14 @@ def searchset_bundle(
 
 @dataclass(frozen=True)
 class EntryResponse:
-    """The outcome of one transaction entry: HTTP status line, location and the resource returned."""
+    """The outcome of one transaction entry: HTTP status line, location, the resource returned and, optionally,
+    an OperationOutcome with more to say (``Bundle.entry.response.outcome``)."""
 
     status: str
     location: str
     resource: JsonObject
     last_modified: datetime | None = None
+    outcome: JsonObject | None = None
 
 
 def transaction_response(responses: Sequence[EntryResponse], *, base_url: str) -> JsonObject:
@@ -470,10 +475,19 @@ def transaction_response(responses: Sequence[EntryResponse], *, base_url: str) -
         entry_response: JsonObject = {"status": response.status, "location": response.location}
         if response.last_modified is not None:
             entry_response["lastModified"] = _instant(response.last_modified)
-        entries.append(
-            {"fullUrl": f"{base_url}/{response.location}", "resource": response.resource, "response": entry_response}
-        )
+        if response.outcome is not None:
+            entry_response["outcome"] = response.outcome
+        full_url = f"{base_url}/{_HISTORY.sub('', response.location)}"
+        entries.append({"fullUrl": full_url, "resource": response.resource, "response": entry_response})
     return _dump(Bundle, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+
+
+def information_outcome(text: str, expression: str | None = None) -> JsonObject:
+    """An OperationOutcome with one informational issue (``code`` informational)."""
+    issue: JsonObject = {"severity": "information", "code": "informational", "diagnostics": text}
+    if expression:
+        issue["details"] = {"text": expression}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 # ---------------------------------------------------------------------------------- building blocks
