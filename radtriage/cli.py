@@ -14,10 +14,13 @@ from .app.config import load_settings, load_settings_with_sources
 
 
 def _setup_logging(verbose: bool) -> None:
+    from .compliance.phi import quiet_third_party_loggers
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_third_party_loggers()  # they log UIDs and URLs at INFO, even with -v
 
 
 class _Commands(click.Group):

@@ -39,6 +39,7 @@ from ..app.core.ports import Clock
 from ..app.core.service import SystemClock
 from ..app.storage.database import as_utc as _utc
 from ..app.storage.messaging_tables import hl7_outbox
+from ..compliance.phi import log_value
 from . import er7
 from .mapping import CHARACTER_SETS, SOURCE
 from .mllp import MLLPClient, MLLPNoAnswer
@@ -459,11 +460,11 @@ class OutboxSender:
             log.info("HL7 outbox message %d (job %s) accepted by the RIS", message.id, message.job_id)
         elif outcome is AckOutcome.ERROR:
             self.store.park(message.id, now, description)
-            what = f"parked: the RIS answered {description}"
+            what = f"parked: the RIS answered {log_value(description, 200)}"
             log.warning("HL7 outbox message %d (job %s) %s", message.id, message.job_id, what)
         else:
             delay = self.backoff(message.attempts + 1)
             self.store.retry_later(message.id, now, now + timedelta(seconds=delay), description)
-            what = f"not delivered ({description}); next try in {delay:.0f} s"
+            what = f"not delivered ({log_value(description, 200)}); next try in {delay:.0f} s"
             log.warning("HL7 outbox message %d (job %s) %s", message.id, message.job_id, what)
         return outcome
