@@ -207,9 +207,19 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
 
 def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
     """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
+    from ..monitoring.drift import AlertSink
+    from ..monitoring.site_drift import SiteDrift
     from ..monitoring.site_gate import SiteAcceptance, SiteGate
 
-    return SiteGate(SiteAcceptance(engine, audit), settings.shadow_mode, drift_action=settings.site_drift_action)
+    acceptance = SiteAcceptance(engine, audit)
+    drift = SiteDrift(
+        engine,
+        acceptance,
+        psi_limit=settings.drift_psi_alert,
+        min_cases=settings.drift_min_cases,
+        alerts=AlertSink(engine, settings.alert_webhook),
+    )
+    return SiteGate(acceptance, settings.shadow_mode, drift_action=settings.site_drift_action, drift=drift)
 
 
 def build_components(

@@ -230,12 +230,15 @@ class SiteGate:
         return None
 
     def _drift_reason(self, model: ModelIdentity) -> str | None:
-        if self.drift_action != "shadow" or self.drift is None:
+        """Runs the drift check (which raises the alert) under either action; only "shadow" acts on it."""
+        if self.drift is None:
             return None
         try:
             found = self.drift(model)
         except Exception:  # a failing drift check must not switch the site's behaviour either way
             log.exception("the site drift check failed; shadow mode is decided without it")
+            return None
+        if self.drift_action != "shadow":
             return None
         self._note_drift_change(model, found)
         return None if found is None else f"site drift fallback: {found}"
