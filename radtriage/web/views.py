@@ -39,15 +39,18 @@ from ..compliance.audit import (
     LOGOUT,
     RESULT_READ,
     SIGN_IN_THROTTLED,
+    STUDY_CLAIMED,
+    STUDY_MARKED_READ,
     AuditOutcome,
     AuditRecord,
 )
 from ..compliance.audit_store import AuditQueryError, StoredAuditEvent
 from ..compliance.export import ExportFormat, build_filter, export_audit, verify_export
 from .accounts import Refusal, SessionStore, SignInGuard
-from .imaging import PictureUnavailable, StudyPictures
+from .imaging import PictureUnavailable, StudyPictures, heatmap_palette
 from .markdown import render_markdown
-from .queries import FAILURE_TEXT, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .queries import FAILURE_TEXT, SORTS, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .reading import ReadingLog, ReadingRefused
 from .sessions import (
     WEB_CLIENT_ID,
     csrf_ok,
@@ -57,10 +60,12 @@ from .sessions import (
     require_page,
     session_user,
     start_session,
+    wants_json,
     web_audit_context,
 )
 from .settings import WebSettings
-from .users import UserDirectory
+from .users import UserDirectory, WebRole
+from .worklist_rows import row_json, sort_links
 
 if TYPE_CHECKING:
     from ..app.factory import Components
@@ -198,6 +203,7 @@ def web_blueprint(
     store = components.store
     sessions = SessionStore(components.engine)
     guard = SignInGuard(components.engine)
+    reading = ReadingLog(components.engine)
     bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
 
     @bp.record_once
@@ -391,31 +397,26 @@ def web_blueprint(
     # ------------------------------------------------------------------ worklist
 
     def _query() -> WorklistQuery:
+        sort = request.args.get("sort", "priority")
         return WorklistQuery(
             status=_parse_status(request.args.get("status", "")),
             priority=_parse_priority(request.args.get("priority", "")),
             search=request.args.get("q", "")[:64],
             flagged_only=request.args.get("flagged") == "1",
+            include_read=request.args.get("read") == "1",
+            sort=sort if sort in SORTS else "priority",
+            descending=request.args.get("dir") == "desc",
         )
 
     def _row_json(row: WorklistRow, now: datetime) -> dict[str, Any]:
-        return {
-            "id": row.job_id,
-            "url": url_for("web.study_page", job_id=row.job_id),
-            "priority": row.priority.code,
-            "raised": row.priority > row.requested_priority,
-            "status": row.status.value,
-            "status_label": row.status.label,
-            "reason": failure_text(row.failure_code) if row.status is Status.NOT_ANALYSED else None,
-            "patient": masked_patient(row.patient_ref, secret),
-            "accession": row.accession_number or "",
-            "received_at": row.received_at.isoformat(),
-            "waiting": human_duration(row.waiting_seconds(row.finished_at or now)),
-            "waiting_s": row.waiting_seconds(row.finished_at or now),
-            "findings": [_finding_json(f) for f in row.positive_findings],
-            "scored": bool(row.findings),
-            "placeholder": row.placeholder_model,
-        }
+        return row_json(
+            row,
+            now,
+            url=url_for,
+            patient=masked_patient(row.patient_ref, secret),
+            header=pictures.header(row.study_instance_uid),
+            human_duration=human_duration,
+        )
 
     def _audit_worklist(rows: list[WorklistRow]) -> None:
         """One record per distinct list shown to this session (see the module docstring)."""
@@ -428,7 +429,7 @@ def web_blueprint(
                 interaction="search-type",
                 entities=tuple(f"Task/{r.job_id}" for r in rows),
                 query=request.full_path if request.query_string else request.path,
-                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked"},
+                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked", "thumbnails": "shown"},
             )
         )
         session["worklist_audited"] = shown
@@ -448,6 +449,8 @@ def web_blueprint(
             statuses=list(Status),
             priorities=PRIORITY_ORDER,
             poll_ms=POLL_INTERVAL_MS,
+            sorts=sort_links(query, request.args.to_dict(), url_for),
+            back=request.full_path if request.query_string else request.path,
         )
 
     @bp.route("/worklist.json", methods=["GET"])
@@ -456,7 +459,60 @@ def web_blueprint(
         rows, total = worklist(components.engine, _query())
         _audit_worklist(rows)
         now = datetime.now(UTC)
-        return jsonify({"total": total, "rows": [_row_json(r, now) for r in rows], "at": now.isoformat()})
+        shown = [_row_json(r, now) for r in rows]
+        back = request.args.get("back", "")
+        html = render_template("_worklist_rows.html", rows=shown, back=_safe_next(back) or url_for("web.worklist_page"))
+        return jsonify({"total": total, "rows": shown, "html": html, "at": now.isoformat()})
+
+    @bp.route("/studies/<job_id>/thumb.png", methods=["GET"])
+    @page("worklist")
+    def study_thumbnail(job_id: str) -> Any:
+        """The worklist's small picture; covered by the worklist's own audit record ("thumbnails": "shown")."""
+        _job, order, result = _load(job_id)
+        try:
+            png = pictures.thumbnail(order, result)
+        except PictureUnavailable as error:
+            return jsonify({"error": "image-unavailable", "message": error.message}), error.status
+        response = send_file(_bytes(png), mimetype="image/png", max_age=0)
+        response.headers["Cache-Control"] = "private, max-age=600"
+        return response
+
+    @bp.route("/studies/<job_id>/reading", methods=["POST"])
+    @page("study")
+    def study_reading(job_id: str) -> Any:
+        """Claim, release, mark read or unread (form field ``action``); audited; back to ``next``."""
+        job, order, _result = _load(job_id)
+        user = current_user()
+        assert user is not None  # require_page guarantees it
+        action = request.form.get("action", "")
+        admin = user.role is WebRole.ADMIN
+        try:
+            change = {
+                "claim": lambda: reading.claim(job.id, user.username),
+                "release": lambda: reading.release(job.id, user.username, may_release_others=admin),
+                "read": lambda: reading.mark_read(job.id, user.username),
+                "unread": lambda: reading.mark_unread(job.id),
+            }[action]
+        except KeyError:
+            return render_message("Not understood", "Choose claim, release, read or unread.", status=400)
+        try:
+            change()
+        except ReadingRefused as refused:
+            if wants_json():
+                return jsonify({"error": "refused", "message": f"This study is {refused}."}), 409
+            back = url_for("web.worklist_page")
+            return render_message("Not changed", f"This study is {refused}.", status=409, back=back)
+        audit.record(
+            AuditRecord.in_context(
+                STUDY_MARKED_READ if action in ("read", "unread") else STUDY_CLAIMED,
+                entities=(f"Task/{job.id}",),
+                patient_ref=order.patient_ref,
+                details={"action": action},
+            )
+        )
+        if wants_json():
+            return jsonify({"ok": True, "action": action})
+        return redirect(_safe_next(request.form.get("next", "")) or url_for("web.study_page", job_id=job.id))
 
     @bp.route("/studies/<job_id>/patient.json", methods=["POST"])
     @page("study")
@@ -504,9 +560,11 @@ def web_blueprint(
         _audit_read(job, order, "study")
         status = Status.of(job.state)
         findings = sorted(result.findings, key=lambda f: (not f.positive, -f.probability)) if result else []
+        positive = [f for f in findings if f.positive]
         draft = draft_report(job.id) if draft_report else None
         now = datetime.now(UTC)
         received = order.received_at or now
+        taken = reading.get(job.id)
         return render_template(
             "study.html",
             job=job,
@@ -515,14 +573,18 @@ def web_blueprint(
             status=status,
             reason=failure_text(job.failure_code) if status is Status.NOT_ANALYSED else None,
             findings=findings,
-            positive=[f for f in findings if f.positive],
+            positive=positive,
+            palette=heatmap_palette([f.label for f in positive]),
+            not_assessed=result.not_assessed if result else (),
             draft=draft,
             events=store.events(job.id),
             history=_study_history(job, order),
             patient=masked_patient(order.patient_ref, secret),
-            waited=human_duration(
-                ((job.updated_at if job.state.is_terminal and job.updated_at else now) - received).total_seconds()
-            ),
+            header=pictures.header(order.study_instance_uid),
+            reading=taken,
+            back=request.path,
+            waited=human_duration(((taken.waiting_ended_at or now) - received).total_seconds()),
+            waiting_over=taken.waiting_ended_at is not None,
         )
 
     @bp.route("/studies/<job_id>/image.png", methods=["GET"])
