@@ -487,7 +487,7 @@ def web_blueprint(
         action = request.form.get("action", "")
         admin = user.role is WebRole.ADMIN
         try:
-            change = {
+            change: Callable[[], object] = {
                 "claim": lambda: reading.claim(job.id, user.username),
                 "release": lambda: reading.release(job.id, user.username, may_release_others=admin),
                 "read": lambda: reading.mark_read(job.id, user.username),

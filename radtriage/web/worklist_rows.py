@@ -23,7 +23,7 @@ OTHER_CHIPS = 2
 @dataclass(frozen=True)
 class Chip:
     label: str
-    kind: str  # "flagged" | "other" | "not-assessed"
+    kind: str  # "flagged" | "other" | "more" (how many others are left out) | "not-assessed"
     probability: float | None = None
     threshold: float | None = None
 
@@ -31,6 +31,8 @@ class Chip:
     def text(self) -> str:
         if self.kind == "not-assessed":
             return f"{self.label}: not assessed"
+        if self.kind == "more":
+            return self.label
         if self.kind == "flagged":
             return f"{self.label} {self.probability:.2f} ≥ {self.threshold:.2f}"
         return f"{self.label} {self.probability:.2f}"
@@ -39,6 +41,8 @@ class Chip:
     def title(self) -> str:
         if self.kind == "not-assessed":
             return f"{self.label}: this model cannot assess it; read the image for it"
+        if self.kind == "more":
+            return "Further findings below their thresholds: see the study page"
         relation = "at or above" if self.kind == "flagged" else "below"
         return f"{self.label}: score {self.probability:.2f}, {relation} its threshold {self.threshold:.2f}"
 
@@ -52,6 +56,8 @@ def finding_chips(
     shown = rest if others is None else rest[:others]
     chips = [Chip(f.label, "flagged", f.probability, f.threshold) for f in flagged]
     chips += [Chip(f.label, "other", f.probability, f.threshold) for f in shown]
+    if len(rest) > len(shown):
+        chips.append(Chip(f"+{len(rest) - len(shown)} more", "more"))
     chips += [Chip(label, "not-assessed") for label in not_assessed]
     return chips, len(rest) - len(shown)
 
