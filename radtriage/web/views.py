@@ -18,7 +18,6 @@ import re
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,9 +43,10 @@ from ..compliance.audit import (
     AuditOutcome,
     AuditRecord,
 )
-from ..compliance.audit_store import AuditQueryError, StoredAuditEvent
+from ..compliance.audit_store import AuditQueryError
 from ..compliance.export import ExportFormat, build_filter, export_audit, verify_export
 from .accounts import Refusal, SessionStore, SignInGuard
+from .audit_rows import ACTION_NAMES, AuditRow
 from .imaging import PictureUnavailable, StudyPictures, heatmap_palette
 from .markdown import render_markdown
 from .queries import FAILURE_TEXT, SORTS, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 PRIORITY_ORDER = (Priority.STAT, Priority.ASAP, Priority.URGENT, Priority.ROUTINE)
 #: Largest audit export a compliance officer may upload for verification through the page.
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: Audit records per page of compliance search results.
+AUDIT_PAGE = 100
 #: How often the worklist asks for changes, in milliseconds.
 POLL_INTERVAL_MS = 4000
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -130,44 +132,6 @@ def _parse_status(text: str) -> Status | None:
         return Status(text) if text else None
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    """One audit record as the pages show it (who, what, outcome), read from its stored AuditEvent."""
-
-    id: int
-    recorded: datetime
-    kind: str
-    kind_display: str
-    action: str
-    outcome: int
-    client_id: str | None
-    user_id: str | None
-    patient_ref: str | None
-    description: str | None
-
-    @classmethod
-    def of(cls, event: StoredAuditEvent) -> AuditRow:
-        resource = event.resource()
-        user = None
-        for agent in resource.get("agent", []):
-            identifier = agent.get("who", {}).get("identifier", {})
-            if identifier.get("system", "").endswith("user-id") or "user" in identifier.get("system", ""):
-                user = identifier.get("value")
-        kind = EVENT_KINDS.get(event.kind or "")
-        return cls(
-            id=event.id,
-            recorded=event.recorded,
-            kind=event.kind or "",
-            kind_display=kind.display if kind else (event.kind or ""),
-            action=event.action,
-            outcome=event.outcome,
-            client_id=event.client_id,
-            user_id=user,
-            patient_ref=event.patient_ref,
-            description=resource.get("outcomeDesc"),
-        )
 
 
 OUTCOME_TEXT = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
@@ -623,7 +587,7 @@ def web_blueprint(
     def _filter_fields(source: Any) -> dict[str, str]:
         fields = {
             name: (source.get(name) or "").strip()[:255]
-            for name in ("start", "end", "patient", "action", "kind", "client", "outcome")
+            for name in ("start", "end", "patient", "action", "kind", "client", "outcome", "user")
         }
         return fields
 
@@ -636,7 +600,7 @@ def web_blueprint(
         status: int = 200,
     ) -> Any:
         rows: list[AuditRow] = []
-        total = 0
+        total = offset = 0
         searched = any(fields.values()) or request.args.get("search") == "1"
         if searched and error is None:
             try:
@@ -645,7 +609,7 @@ def web_blueprint(
                 error = refused.detail or "The search could not be understood."
             else:
                 offset = max(0, _int(request.args.get("offset"), 0))
-                events, total = audit.search(audit_filter, offset=offset, limit=100)
+                events, total = audit.search(audit_filter, offset=offset, limit=AUDIT_PAGE)
                 rows = [AuditRow.of(e) for e in events]
                 audit.record(
                     AuditRecord.in_context(
@@ -667,7 +631,23 @@ def web_blueprint(
             error=error,
             verification=verification,
             formats=list(ExportFormat),
+            actions=ACTION_NAMES,
+            pages=_audit_pages(fields, offset, total),
         ), status
+
+    def _audit_pages(fields: dict[str, str], offset: int, total: int) -> dict[str, Any]:
+        """Newer/older links for results beyond one page (the newest come first)."""
+        params = {"search": "1", **{k: v for k, v in fields.items() if v}}
+
+        def at(position: int) -> str:
+            return url_for("web.compliance_page", **params, **({"offset": position} if position else {}))
+
+        return {
+            "first": offset + 1 if total else 0,
+            "last": min(total, offset + AUDIT_PAGE),
+            "newer": at(max(0, offset - AUDIT_PAGE)) if offset > 0 else None,
+            "older": at(offset + AUDIT_PAGE) if offset + AUDIT_PAGE < total else None,
+        }
 
     @bp.route("/compliance", methods=["GET"])
     @page("compliance")

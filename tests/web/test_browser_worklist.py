@@ -157,3 +157,27 @@ def test_the_study_page_has_numeric_window_level_distinct_heatmap_colours_and_fi
     wait_for(browser, lambda d: d.find_element(By.ID, "viewport").get_attribute("data-loaded") == "1")
     assert _fits(browser)
     browser.save_screenshot(str(screenshots / "study-phone.png"))
+
+
+def test_the_compliance_page_filters_by_user_and_fits_a_phone(
+    browser: WebDriver, base_url: str, components: Components, archive: Archive, screenshots: Path
+) -> None:
+    _o, job = order(components, archive.chest, accession="ACC-C9", patient="Patient/c9")
+    wait_terminal(components, job.id)
+    sign_in(browser, base_url, "rad")
+    browser.get(f"{base_url}/studies/{job.id}")
+    wait_for(browser, lambda d: d.find_element(By.ID, "viewport").get_attribute("data-loaded") == "1")
+    browser.find_element(By.CSS_SELECTOR, ".userbox button").click()
+    sign_in(browser, base_url, "comp")
+    browser.find_element(By.ID, "user").send_keys("rad")
+    browser.find_element(By.ID, "search-audit").click()
+    results = wait_for(browser, EC.presence_of_element_located((By.ID, "audit-results")))
+    assert "study page" in results.text and "Signed in (web pages)" in results.text and "Read" in results.text
+    browser.set_window_size(1440, 1300)
+    browser.save_screenshot(str(screenshots / "compliance-desktop.png"))
+    _phone(browser)
+    browser.refresh()
+    wait_for(browser, EC.presence_of_element_located((By.ID, "audit-results")))
+    assert _fits(browser)  # the results table scrolls inside its card, the page does not
+    browser.execute_script("document.getElementById('results-title').scrollIntoView()")
+    browser.save_screenshot(str(screenshots / "compliance-phone.png"))
