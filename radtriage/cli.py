@@ -200,12 +200,13 @@ def retention(obj: dict[str, object], dry_run: bool) -> None:
 
 
 def _register_command_groups() -> None:
+    from .app.job_commands import jobs_group
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
     from .monitoring.cli_commands import monitor_group
     from .web.cli_commands import users_group
 
-    for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group):
+    for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group, jobs_group):
         main.add_command(command)
     _register_operator_commands()
 

@@ -36,6 +36,16 @@ class Settings:
     #: Seconds for one DICOMweb request, and how many times a failed request is tried in all.
     dicomweb_timeout: float = 10.0
     dicomweb_attempts: int = 2
+    #: Automatic retries of jobs that failed for a reason that may go away (PACS down; radtriage.app.retry):
+    #: first delay and longest delay in seconds, and for how many hours after the first failure (0: off).
+    retry_base_delay: float = 30.0
+    retry_max_delay: float = 900.0
+    retry_for_hours: float = 24.0
+    retry_poll_interval: float = 5.0
+    #: Circuit breaker of the DICOMweb source: after this many failed requests in a row the PACS is not asked for
+    #: `dicomweb_breaker_cooldown` seconds (jobs fail fast as pacs-unavailable and are retried later).
+    dicomweb_breaker_failures: int = 5
+    dicomweb_breaker_cooldown: float = 30.0
     #: Path to a model artefact folder (weights + manifest.json); empty means the shipped default.
     model: str = ""
     #: Path to a triage policy TOML file; empty means the built-in default policy.
@@ -176,6 +186,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),
     "min_image_side_px": (lambda v: v >= 1, "a whole number of at least 1"),
     "drift_min_cases": (lambda v: v >= 1, "a whole number of at least 1"),
+    # Automatic retries and the PACS circuit breaker (issue 15; radtriage.app.retry, imaging.dicomweb_source)
+    "retry_base_delay": (lambda v: v > 0, _POSITIVE),
+    "retry_max_delay": (lambda v: v > 0, _POSITIVE),
+    "retry_for_hours": (lambda v: v >= 0, "hours, 0 turns automatic retries off"),
+    "retry_poll_interval": (lambda v: v > 0, _POSITIVE),
+    "dicomweb_breaker_failures": (lambda v: v >= 1, "a whole number of at least 1"),
+    "dicomweb_breaker_cooldown": (lambda v: v > 0, _POSITIVE),
     "study_source": (lambda v: v in ("folder", "dicomweb"), '"folder" or "dicomweb"'),
     "mode": (lambda v: v in ("development", "production"), '"development" or "production"'),
     "shadow_mode": (lambda v: v in ("off", "on", "auto"), '"off", "on" or "auto"'),

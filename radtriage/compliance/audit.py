@@ -103,6 +103,10 @@ STUDY_RETRIEVED = _kind(
 )
 STUDY_SCORED = _kind("study-scored", "Study scored by the model", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal")
 JOB_FAILED = _kind("job-failed", "Triage job failed", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal")
+JOB_RETRY = _kind(
+    "job-retry", "Failed job retried, or its retry planned or given up", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE,
+    "internal",
+)  # fmt: skip
 RESULT_CREATED = _kind("result-created", "Triage result created", codes.DCM_PATIENT_RECORD, A.CREATE, "internal")
 PRIORITY_CHANGED = _kind("priority-changed", "Priority changed", codes.DCM_PATIENT_RECORD, A.UPDATE, "internal")
 RESULT_READ = _kind("result-read", "Result read or searched", codes.DCM_PATIENT_RECORD, A.READ, "inbound")
@@ -181,6 +185,7 @@ EVENT_KINDS: dict[str, EventKind] = {
         STUDY_RETRIEVED,
         STUDY_SCORED,
         JOB_FAILED,
+        JOB_RETRY,
         RESULT_CREATED,
         PRIORITY_CHANGED,
         RESULT_READ,

@@ -34,13 +34,14 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.task import Task
 
 from ..app.core.domain import FindingScore, ImagingOrder, Job, JobState, ModelIdentity, TriageResult
-from ..app.core.errors import ErrorCode
+from ..app.core.errors import ErrorCode, waiting_text
 from ..compliance.provenance import device_id, device_resource, label_ai_asserted, provenance_resource
 from . import terminology as t
 
 JsonObject = dict[str, Any]
 
 #: A literal reference to a Patient, relative or absolute, without a version (R4 References, 2.3.0.1).
+_HISTORY = re.compile(r"/_history/[^/]+$")
 _PATIENT_REFERENCE = re.compile(r"(?:(?:https?://\S+/)?)Patient/[A-Za-z0-9\-.]{1,64}")
 
 UNTRAINED_PLACEHOLDER_WARNING: Final = (
@@ -114,16 +115,17 @@ def heatmap_binary(job_id: str, n: int, png: bytes, report_ref: str) -> JsonObje
 
 
 def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) -> JsonObject:
-    """The FHIR Task that tracks one job (id = job id)."""
+    """The FHIR Task that tracks one job (id = job id).
+
+    A job that failed for a reason that may go away and will be tried again (`Job.waiting_to_retry`) is still
+    ``in-progress`` for the client, with a business status that says what it waits for ("waiting for PACS") and
+    the last failure as ``statusReason``; it becomes ``failed`` only when its retries are given up."""
     task: JsonObject = {
         "resourceType": "Task",
         "id": job.id,
         "meta": _meta(job.updated_at, result),
-        "status": task_status(job.state),
-        "businessStatus": {
-            "coding": [{"system": t.JOB_STATE_SYSTEM, "code": job.state.value}],
-            "text": f"pipeline state: {job.state.value}",
-        },
+        "status": "in-progress" if job.waiting_to_retry else task_status(job.state),
+        "businessStatus": _business_status(job),
         "intent": "order",
         "priority": job.priority.code,
         "code": _triage_concept(),
@@ -142,7 +144,7 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
         task["basedOn"] = [_service_request_reference(order)]
     if job.created_at is not None:
         task["executionPeriod"] = {"start": _instant(job.created_at)}
-        if job.state.is_terminal and job.updated_at is not None:
+        if job.state.is_terminal and not job.waiting_to_retry and job.updated_at is not None:
             task["executionPeriod"]["end"] = _instant(job.updated_at)
     if job.state is JobState.FAILED:
         task["statusReason"] = _failure_reason(job)
@@ -172,13 +174,15 @@ def diagnostic_report(
     *,
     draft: str | None = None,
     heatmap_labels: Sequence[str] = (),
+    base_url: str | None = None,
 ) -> JsonObject:
     """The preliminary triage report of a scored job (id = job id), pointing at one Observation per finding.
 
     With a `draft` (a routine study drafted by `radtriage.model.drafting`, drafting mode "on"), the draft is the
     conclusion and also the ``presentedForm`` (text/plain, UTF-8, base64); the status stays ``preliminary``,
     because a radiologist signs the report. Each of `heatmap_labels` (positive findings whose heatmap the worker
-    stored) adds a ``presentedForm`` PNG by reference, ``Binary/heatmap-<job id>-<n>``.
+    stored) adds a ``presentedForm`` PNG by reference, ``<base_url>/Binary/heatmap-<job id>-<n>``: an absolute URL
+    (R4 allows a relative one in Attachment.url, but widely used clients such as fhir.resources 6 refuse it).
     """
     report: JsonObject = {
         "resourceType": "DiagnosticReport",
@@ -218,7 +222,7 @@ def diagnostic_report(
         report.setdefault("presentedForm", []).extend(
             {
                 "contentType": "image/png",
-                "url": f"Binary/{heatmap_binary_id(job.id, n)}",
+                "url": f"{base_url.rstrip('/') + '/' if base_url else ''}Binary/{heatmap_binary_id(job.id, n)}",
                 "title": f"Heatmap, {label}: where the model looked (Grad-CAM over the image the model saw)",
                 "creation": _instant(result.created_at or job.updated_at),
             }
@@ -454,12 +458,14 @@ def searchset_bundle(
 
 @dataclass(frozen=True)
 class EntryResponse:
-    """The outcome of one transaction entry: HTTP status line, location and the resource returned."""
+    """The outcome of one transaction entry: HTTP status line, location, the resource returned and, optionally,
+    an OperationOutcome with more to say (``Bundle.entry.response.outcome``)."""
 
     status: str
     location: str
     resource: JsonObject
     last_modified: datetime | None = None
+    outcome: JsonObject | None = None
 
 
 def transaction_response(responses: Sequence[EntryResponse], *, base_url: str) -> JsonObject:
@@ -469,10 +475,19 @@ def transaction_response(responses: Sequence[EntryResponse], *, base_url: str) -
         entry_response: JsonObject = {"status": response.status, "location": response.location}
         if response.last_modified is not None:
             entry_response["lastModified"] = _instant(response.last_modified)
-        entries.append(
-            {"fullUrl": f"{base_url}/{response.location}", "resource": response.resource, "response": entry_response}
-        )
+        if response.outcome is not None:
+            entry_response["outcome"] = response.outcome
+        full_url = f"{base_url}/{_HISTORY.sub('', response.location)}"
+        entries.append({"fullUrl": full_url, "resource": response.resource, "response": entry_response})
     return _dump(Bundle, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+
+
+def information_outcome(text: str, expression: str | None = None) -> JsonObject:
+    """An OperationOutcome with one informational issue (``code`` informational)."""
+    issue: JsonObject = {"severity": "information", "code": "informational", "diagnostics": text}
+    if expression:
+        issue["details"] = {"text": expression}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 # ---------------------------------------------------------------------------------- building blocks
@@ -505,6 +520,18 @@ def _service_request_reference(order: ImagingOrder) -> JsonObject | None:
 
 def _triage_concept(code: str = "cxr-triage", display: str = "Chest radiograph triage by a model") -> JsonObject:
     return {"coding": [{"system": t.TRIAGE_SYSTEM, "code": code, "display": display}]}
+
+
+def _business_status(job: Job) -> JsonObject:
+    if job.waiting_to_retry and job.next_attempt_at is not None:
+        return {
+            "coding": [{"system": t.JOB_STATE_SYSTEM, "code": "waiting-to-retry"}],
+            "text": f"{waiting_text(job.failure_code)}: next attempt at {_instant(job.next_attempt_at)}",
+        }
+    return {
+        "coding": [{"system": t.JOB_STATE_SYSTEM, "code": job.state.value}],
+        "text": f"pipeline state: {job.state.value}",
+    }
 
 
 def _failure_reason(job: Job) -> JsonObject:

@@ -637,7 +637,7 @@ def web_blueprint(
 
     def _audit_pages(fields: dict[str, str], offset: int, total: int) -> dict[str, Any]:
         """Newer/older links for results beyond one page (the newest come first)."""
-        params = {"search": "1", **{k: v for k, v in fields.items() if v}}
+        params: dict[str, Any] = {"search": "1", **{k: v for k, v in fields.items() if v}}
 
         def at(position: int) -> str:
             return url_for("web.compliance_page", **params, **({"offset": position} if position else {}))

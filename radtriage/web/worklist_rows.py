@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..app.core.domain import FindingScore
+from ..app.core.errors import waiting_text
 from .queries import SORTS, Status, WorklistQuery, WorklistRow, failure_text
 
 #: Findings below threshold shown on a worklist row after the flagged ones (the rest: "+N more").
@@ -116,6 +117,13 @@ def row_json(
         "not_assessed": list(row.not_assessed),
         "scored": bool(row.findings),
         "placeholder": row.placeholder_model,
+        # A retryable failure that will be tried again (radtriage.app.retry) says so, with the time.
+        "retry_at": row.next_attempt_at.isoformat(timespec="seconds") if row.next_attempt_at else None,
+        **(
+            {"reason": f"{waiting_text(row.failure_code)}, next try {row.next_attempt_at:%H:%M} UTC"}
+            if row.next_attempt_at
+            else {}
+        ),
     }
 
 

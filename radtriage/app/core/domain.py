@@ -168,6 +168,14 @@ class Job:
     retryable: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: When a job that failed for a retryable reason will be tried again (radtriage.app.retry); None when no
+    #: automatic retry is planned (not failed, not retryable, or its retry window has ended).
+    next_attempt_at: datetime | None = None
+
+    @property
+    def waiting_to_retry(self) -> bool:
+        """Failed for now, but planned to run again: to clients it is still in progress."""
+        return self.state is JobState.FAILED and self.next_attempt_at is not None
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class TriageService:
             self._emit(created_event)
             stored_job = self._move(stored_job, S.QUEUED)
             self.queue.enqueue(stored_job.id)
+        elif stored_job.state is S.FAILED and stored_job.retryable:
+            # The sender tries again, so do we: what failed (the PACS, the model) may be back.
+            stored_job = self._retry_if_still_failed(stored_job.id, "retry: the order was sent again")
         return stored_order, stored_job, created
 
     def update_order(self, order: ImagingOrder) -> tuple[ImagingOrder, Job]:
@@ -124,16 +127,25 @@ class TriageService:
             raise TriageError(ErrorCode.NOT_FOUND, "no such order")
         if job.state is S.CANCELLED:
             return job
-        if job.state.is_terminal:
+        if job.state.is_terminal and not job.waiting_to_retry:
             raise TriageError(ErrorCode.CONFLICT, f"the job is already {job.state.value}")
         return self._move(job, S.CANCELLED, detail=reason)
 
-    def retry_job(self, job_id: str) -> Job:
-        """Queue a failed job again (e.g. after the PACS came back)."""
+    def retry_job(self, job_id: str, detail: str = "retry") -> Job:
+        """Queue a failed job again (e.g. after the PACS came back). `detail` says who asked (radtriage.app.retry
+        for automatic retries, an operator, a re-sent order); raises CONFLICT unless the job is failed."""
         job = self._job(job_id)
-        job = self._move(job, S.QUEUED, detail="retry")
+        job = self._move(job, S.QUEUED, detail=detail)
         self.queue.enqueue(job.id)
         return job
+
+    def _retry_if_still_failed(self, job_id: str, detail: str) -> Job:
+        try:
+            return self.retry_job(job_id, detail)
+        except TriageError as err:  # another process retried or cancelled it meanwhile: theirs wins
+            if err.code is not ErrorCode.CONFLICT:
+                raise
+            return self._job(job_id)
 
     def resume_unfinished(self) -> int:
         """Re-queue every job a previous process left unfinished; returns how many."""

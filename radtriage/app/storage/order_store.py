@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,7 @@ def _job_from_row(row: Row[Any]) -> Job:
         retryable=m["retryable"],
         created_at=_utc(m["created_at"]),
         updated_at=_utc(m["updated_at"]),
+        next_attempt_at=_utc(m.get("next_attempt_at")),
     )
 
 
@@ -115,12 +116,20 @@ def _event_values(event: JobEvent) -> dict[str, Any]:
     }
 
 
+#: Called inside the transaction of every job transition, after the job row and its event are written (e.g. the
+#: retry planner of radtriage.app.retry), so that what it writes commits or fails with the transition.
+TransitionHook = Callable[["Connection", JobEvent], None]
+
+
 class SqlOrderStore:
     """With an `audit` log, every audited change writes its audit record in the same transaction as the change."""
 
-    def __init__(self, engine: Engine, *, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, audit: AuditLog | None = None, hooks: Sequence[TransitionHook] = ()
+    ) -> None:
         self.engine = engine
         self.audit = audit
+        self.hooks = tuple(hooks)
 
     # ------------------------------------------------------------------ orders
 
@@ -257,6 +266,8 @@ class SqlOrderStore:
             if updated.rowcount != 1:
                 raise TriageError(ErrorCode.CONFLICT, f"job is no longer {event.from_state.value}")
             conn.execute(insert(job_events).values(_event_values(event)))
+            for hook in self.hooks:
+                hook(conn, event)
             if result is not None:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id == result.job_id))
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))

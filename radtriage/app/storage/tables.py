@@ -66,8 +66,13 @@ jobs = Table(
     Column("retryable", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Automatic retries (radtriage.app.retry, migration 0009): when a job that failed for a retryable reason is
+    # tried next (NULL: not waiting), and the end of its retry window (NULL: no window open).
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("retry_until", DateTime(timezone=True)),
 )
 Index("ix_jobs_state", jobs.c.state)
+Index("ix_jobs_next_attempt_at", jobs.c.next_attempt_at)
 Index("ix_jobs_priority_created", jobs.c.priority, jobs.c.created_at)
 
 job_events = Table(
