@@ -640,7 +640,7 @@ def web_blueprint(
         params: dict[str, Any] = {"search": "1", **{k: v for k, v in fields.items() if v}}
 
         def at(position: int) -> str:
-            return url_for("web.compliance_page", **params, **({"offset": position} if position else {}))
+            return url_for("web.compliance_page", **(params | ({"offset": position} if position else {})))
 
         return {
             "first": offset + 1 if total else 0,

@@ -8,11 +8,14 @@ Screenshots go to ``$RADTRIAGE_ARTIFACTS/web`` (see test_browser.py); docs/scree
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 from radtriage.app.core.domain import Priority
 from radtriage.app.factory import Components
@@ -28,6 +31,20 @@ from tests.web.test_browser import (  # noqa: F401  (fixtures)
 )
 
 PHONE = (390, 844)
+
+
+def settle(driver: WebDriver, condition: Any) -> Any:
+    """Wait, tolerating elements replaced under the test: the list redraws its rows at every poll."""
+    return WebDriverWait(driver, 60, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]).until(
+        condition
+    )
+
+
+def click(driver: WebDriver, selector: str) -> None:
+    """Click the element now matching `selector` (one atomic step, so a redraw cannot make it stale)."""
+    assert driver.execute_script(
+        "var e = document.querySelector(arguments[0]); if (e) { e.click(); } return !!e;", selector
+    ), selector
 
 
 def _fits(browser: WebDriver) -> bool:
@@ -65,11 +82,11 @@ def test_a_new_stat_study_alerts_and_the_radiologist_claims_reads_and_sorts_from
     assert "NEW STAT STUDY" in alert.text.upper() and "ACC-STAT" in alert.text
     assert table.get_attribute("data-stat-alerts") == "1" and table.get_attribute("data-beeps") == "2"
     assert browser.title.startswith("(STAT)")
-    top = browser.find_element(By.CSS_SELECTOR, "#worklist-rows tr:first-child")
-    wait_for(browser, lambda _d: "≥" in browser.find_element(By.CSS_SELECTOR, "#worklist-rows tr:first-child").text)
-    top = browser.find_element(By.CSS_SELECTOR, "#worklist-rows tr:first-child")
-    assert "ACC-STAT" in top.text and "Pneumonia" in top.text
-    wait_for(
+    first_row = "#worklist-rows tr:first-child"
+    settle(browser, lambda d: "≥" in d.find_element(By.CSS_SELECTOR, first_row).text)
+    top_text = settle(browser, lambda d: d.find_element(By.CSS_SELECTOR, first_row).text)
+    assert "ACC-STAT" in top_text and "Pneumonia" in top_text
+    settle(
         browser,
         lambda d: d.execute_script(
             "return [...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
@@ -78,26 +95,23 @@ def test_a_new_stat_study_alerts_and_the_radiologist_claims_reads_and_sorts_from
     browser.save_screenshot(str(screenshots / "worklist-desktop.png"))
 
     # Claim the STAT study from the list, then mark it read: it leaves the list (shown greyed on request).
-    top.find_element(By.CSS_SELECTOR, 'button[data-action="claim"]').click()
-    wait_for(
-        browser, lambda d: "claimed by rad" in d.find_element(By.CSS_SELECTOR, "#worklist-rows tr:first-child").text
-    )
-    browser.find_element(By.CSS_SELECTOR, '#worklist-rows tr:first-child button[data-action="read"]').click()
-    wait_for(browser, lambda d: "ACC-STAT" not in d.find_element(By.ID, "worklist-rows").text)
+    click(browser, first_row + ' button[data-action="claim"]')
+    settle(browser, lambda d: "claimed by rad" in d.find_element(By.CSS_SELECTOR, first_row).text)
+    click(browser, first_row + ' button[data-action="read"]')
+    settle(browser, lambda d: "ACC-STAT" not in d.find_element(By.ID, "worklist-rows").text)
     browser.find_element(By.ID, "read").click()
     browser.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
-    greyed = wait_for(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "#worklist-rows tr.row-read")))
-    assert "ACC-STAT" in greyed.text and "read by rad" in greyed.text
+    greyed = settle(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#worklist-rows tr.row-read").text)
+    assert "ACC-STAT" in greyed and "read by rad" in greyed
 
     # Sort by arrival (newest first) by clicking the column header, then reverse it.
     browser.find_element(By.LINK_TEXT, "ARRIVED (UTC)").click()
     wait_for(browser, lambda d: "sort=arrived" in d.current_url)
-    links = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#worklist-rows .study-link")]
-    assert links == ["ACC-STAT", "ACC-R2", "ACC-R1"]
+    order_shown = "return [...document.querySelectorAll('#worklist-rows .study-link')].map(e => e.textContent)"
+    assert browser.execute_script(order_shown) == ["ACC-STAT", "ACC-R2", "ACC-R1"]
     browser.find_element(By.PARTIAL_LINK_TEXT, "ARRIVED (UTC)").click()
     wait_for(browser, lambda d: "dir=desc" in d.current_url)
-    links = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#worklist-rows .study-link")]
-    assert links == ["ACC-R1", "ACC-R2", "ACC-STAT"]
+    assert browser.execute_script(order_shown) == ["ACC-R1", "ACC-R2", "ACC-STAT"]
 
     # At phone width the list is a column of cards, nothing wider than the screen.
     browser.get(f"{base_url}/worklist")
