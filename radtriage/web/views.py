@@ -741,8 +741,11 @@ def web_blueprint(
             evaluation = _evaluation_summary(active.path)
         ops = operations(components.engine)
         live_charts = _live_charts(components)
+        from ..monitoring.site_drift import site_status  # issue 10: shadow mode and site drift banners
+
         return render_template(
             "model.html",
+            site=site_status(components),
             live_charts=live_charts,
             models=registered,
             active=active,
