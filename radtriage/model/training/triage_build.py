@@ -31,7 +31,7 @@ import torch
 
 from ..artefact import ModelManifest, write_artefact
 from ..datasets import LabelledImage
-from ..input_gate import ChildDetector, FeatureGate, fit_child_detector, fit_feature_gate
+from ..input_gate import ChildDetector, FeatureGate, fit_child_detector, fit_feature_gate, fit_inverted_detector
 from ..networks.frozen_triage import GATE_COMPONENTS, FrozenTriageNetwork
 from ..preprocessing import PREPROCESSING_VERSION
 from ..sources import SOURCES, read_sources
@@ -69,6 +69,10 @@ class FittedModel:
     child: ChildDetector
     severity_weight: npt.NDArray[np.float64]
     severity_bias: float
+    #: Logistic detector of inverted films on the 64x64 model-input thumbnails, and its cross-validated figures.
+    inverted_weight: npt.NDArray[np.float64]
+    inverted_bias: float
+    inverted_figures: dict[str, float]
 
 
 def is_test(image: LabelledImage, fraction: float, seed: int) -> bool:
@@ -118,6 +122,7 @@ def network_state(model: FittedModel) -> dict[str, torch.Tensor]:
         "child_limit": tensor(model.child.limit), "gate_mean": tensor(model.gate.mean),
         "gate_components": tensor(model.gate.components), "gate_variances": tensor(model.gate.variances),
         "gate_limits": tensor([model.gate.residual_limit, model.gate.distance_limit]),
+        "inverted_weight": tensor(model.inverted_weight), "inverted_bias": tensor(model.inverted_bias),
     })
     network.load_state_dict(state)  # checks that every tensor has the shape the network expects
     return {key: value.clone() for key, value in network.state_dict().items()}
@@ -134,7 +139,8 @@ def build_triage_model(config: TriageBuildConfig, dest_dir: str | os.PathLike[st
     torch.set_num_threads(max(1, threads))
     images = read_sources(config.data_root, config.sources)
     network = backbone()
-    clean = extract(images, CLEAN, config.cache_dir, network=network).features
+    clean_set = extract(images, CLEAN, config.cache_dir, network=network)
+    clean = clean_set.features
     augmented = [extract(images, f"aug-{k}", config.cache_dir, network=network).features
                  for k in range(config.augmented_copies)]
     features_seconds = time.perf_counter() - started
@@ -143,7 +149,9 @@ def build_triage_model(config: TriageBuildConfig, dest_dir: str | os.PathLike[st
     triage = fit_triage(dev_images, clean[~test], [a[~test] for a in augmented], config.recipe)
     gate, child = fit_gates(dev_images, clean[~test], config)
     severity_weight, severity_bias, severity_cv = fit_severity_head(images, clean)
-    model = FittedModel(triage, gate, child, severity_weight, severity_bias)
+    assert clean_set.thumbs is not None  # the clean variant always carries them
+    inverted = fit_inverted_detector(clean_set.thumbs[~test])
+    model = FittedModel(triage, gate, child, severity_weight, severity_bias, *inverted)
     training_seconds = time.perf_counter() - started
 
     version = version or time.strftime("%Y.%m.%d-frozen", time.gmtime())

@@ -46,8 +46,9 @@ LIMITATIONS: Final = (
     "'Lung Opacity' here means an acute parenchymal abnormality (pneumonia of any cause, ARDS, tuberculosis); it is "
     "not a nodule or mass detector.",
     "The backbone is a frozen ImageNet network: it cannot learn a hospital's look, but its features still identify the "
-    "source (see the source-shortcut figure); the heads were trained with every source weighted alike and with "
-    "augmented copies that imitate other acquisition chains.",
+    "source (see the source-shortcut figure); the heads were trained with every source weighted alike. Augmented "
+    "copies imitating other acquisition chains and histogram equalisation were measured and made leave-one-source-out "
+    "results worse with this frozen backbone, so the shipped recipe uses neither (see the card).",
     "Operating points were chosen on out-of-fold validation at 90% sensitivity with an 80% specificity floor; a site "
     "must confirm them on its own films (radtriage model validate-site) before priorities are raised.",
     "The input gate refuses images unlike the training films and films that look like a child's; it was not tested "
@@ -87,6 +88,7 @@ def triage_manifest(name: str, version: str, model: FittedModel, config: TriageB
         "input_gate": {
             "novelty_quantile": config.gate_quantile, "components": len(model.gate.variances),
             "child_limit": model.child.limit, "child_cross_validation": model.child.cross_validation,
+            "inverted_cross_validation": model.inverted_figures,
         },
         "backbone_sha256": IMAGENET_WEIGHTS_SHA256,
         "report": "evaluation.json",

@@ -50,6 +50,13 @@ def test_weights_hold_the_heads_only_and_refuse_backbone_tensors(tmp_path: Path)
     assert (path / "weights.pt").stat().st_size < 1024 * 1024
 
 
+def test_an_artefact_without_the_inverted_detector_loads_with_it_disabled() -> None:
+    network = FrozenTriageNetwork(2)
+    state = {k: v for k, v in network.state_dict().items() if not k.startswith("inverted_")}
+    network.load_state_dict(state)
+    assert float(network.inverted_probability(torch.ones(1, 64 * 64))[0]) < 1e-6
+
+
 def test_scorer_gates_scores_and_grades_severity_from_one_backbone_pass(tmp_path: Path, chest: np.ndarray) -> None:
     scorer = XrvScorer.from_artefact(_artefact(tmp_path, "v1"), max_threads=None)
     prepared = scorer.prepare_array(chest)
@@ -77,6 +84,7 @@ def test_cam_forward_matches_the_network(tmp_path: Path, chest: np.ndarray) -> N
 @pytest.mark.parametrize(("buffers", "code"), [
     ({"gate_limits": torch.tensor([0.0, 0.0])}, ErrorCode.OUT_OF_DISTRIBUTION),
     ({"child_limit": torch.tensor(0.0)}, ErrorCode.OUTSIDE_INTENDED_USE),
+    ({"inverted_bias": torch.tensor(50.0)}, ErrorCode.IMAGE_QUALITY),
 ])
 def test_the_artefact_gate_refuses_with_its_reason(tmp_path: Path, chest: np.ndarray, buffers: dict,
                                                    code: ErrorCode) -> None:

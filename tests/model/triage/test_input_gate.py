@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from radtriage.app.core.errors import ErrorCode, TriageError
-from radtriage.model.input_gate import check_gate, fit_child_detector, fit_feature_gate
+from radtriage.model.input_gate import check_gate, fit_child_detector, fit_feature_gate, fit_inverted_detector
 
 
 def test_novelty_gate_keeps_its_own_kind_and_refuses_the_far_and_the_off_subspace() -> None:
@@ -56,3 +56,13 @@ def test_without_enough_children_the_detector_refuses_nobody() -> None:
     is_child[:3] = True
     detector = fit_child_detector(features, is_child, [f"p{i}" for i in range(200)], adult_refusal=0.01)
     assert (detector.probability(features) < detector.limit).all()
+
+
+def test_inverted_detector_tells_a_film_from_its_negative() -> None:
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    template = 0.6 * (np.abs(x - 0.5) < 0.08) - 0.4 * (np.abs(np.abs(x - 0.5) - 0.25) < 0.12) * (y > 0.2)
+    films = template.ravel() + 0.2 * rng.normal(size=(150, 64 * 64))
+    weight, bias, figures = fit_inverted_detector(films)
+    assert figures["films_refused"] < 0.05 and figures["inverted_refused"] > 0.95
+    assert ((-films) @ weight + bias > 0).mean() > 0.95
