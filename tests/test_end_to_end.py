@@ -77,7 +77,11 @@ def test_orders_are_triaged_from_a_real_pacs(loaded_orthanc, tmp_path: Path) -> 
         assert observations and all(o["resourceType"] == "Observation" for o in observations)
         # A value for each finding the model assesses; a dataAbsentReason (and no value) for each it cannot.
         absent = [o for o in observations if "dataAbsentReason" in o]
-        assert all("valueQuantity" in o and "interpretation" in o for o in observations if o not in absent)
+        # The severity Observation (when the model grades severity) is a quantity 0-8 without an interpretation.
+        severity = [o for o in observations if o["code"]["coding"][0]["code"] == "severity-geographic-extent"]
+        findings = [o for o in observations if o not in absent and o not in severity]
+        assert findings and all("valueQuantity" in o and "interpretation" in o for o in findings)
+        assert all(0.0 <= o["valueQuantity"]["value"] <= 8.0 for o in severity)
         assert all(not any(k.startswith("value") for k in o) for o in absent)
 
         def reason(response: requests.Response) -> str:

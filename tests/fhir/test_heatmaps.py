@@ -24,12 +24,28 @@ FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+jso
 pytestmark = pytest.mark.slow
 
 
+def _model_flagging_everything(tmp_path: Path) -> Path:
+    """The shipped model with one finding's operating point at 0, so this adult film has a positive finding to
+    explain whatever its score (thresholds live in the manifest; the weights and their sha256 are untouched)."""
+    import json
+
+    from radtriage.model.evaluation.score_files import DEFAULT_MODEL_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["thresholds"][manifest["labels"][0]] = 0.0
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return model
+
+
 @pytest.fixture
 def client(tmp_path: Path):
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(pydicom_data_dir() / "RG1_J2KI.dcm", studies)
-    components = build_components(load_settings(env={}, home=str(tmp_path), study_folder=str(studies)))
+    components = build_components(load_settings(env={}, home=str(tmp_path), study_folder=str(studies),
+                                                model=str(_model_flagging_everything(tmp_path))))
     components.start()
     yield create_app(components=components).test_client()
     components.close()
@@ -58,7 +74,7 @@ def test_each_positive_finding_has_a_heatmap_the_report_links(client, fhir_schem
         if "POS" in str(client.get(f"/fhir/{r['reference']}", headers=FHIR).get_json().get("interpretation"))
     ]
     pictures = [form for form in report.get("presentedForm", []) if form["contentType"] == "image/png"]
-    assert positives, "the shipped model flags this study; without a positive finding this test checks nothing"
+    assert positives, "the model's first finding is positive at threshold 0; without it this test checks nothing"
     assert len(pictures) == len(positives)
     assert all(label in form["title"] for label, form in zip(positives, pictures, strict=True))
 
