@@ -44,6 +44,10 @@ class Settings:
     #: "inline" (in-process worker threads) is the embedded default.
     queue: str = "inline"
     workers: int = 1
+    #: Seconds a queued job waits before it is served one priority level up (ageing; 0 = never).
+    queue_max_wait: float = 300.0
+    #: Seconds after which a job left running by a worker that died may be taken over by another worker.
+    job_lease: float = 300.0
     host: str = "127.0.0.1"
     port: int = 8080
     #: Public base URL used in FHIR Bundle links; derived from the request when empty.

@@ -51,6 +51,7 @@ class Components:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord
 
         self.queue.stop()
+        self.audit.flush()
         self.audit.record(AuditRecord(APPLICATION_STOP))
         self.engine.dispose()
 
@@ -153,7 +154,7 @@ def build_components(
     migrate(engine)
     audit = AuditLog(engine)
     store = SqlOrderStore(engine, audit=audit)
-    queue = InlineJobQueue(settings.workers)
+    queue = InlineJobQueue(settings.workers, max_wait_s=settings.queue_max_wait)
     service = TriageService(
         store=store,
         queue=queue,
@@ -162,8 +163,9 @@ def build_components(
         policy=load_policy(settings.policy or None),
         # Records what the model sees (input drift) and applies locally recalibrated thresholds.
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
+        lease_s=settings.job_lease,
     )
-    queue.bind(service.run_job)
+    queue.bind(service.run_job, service.explain_job)
     components = Components(
         settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit)
     )

@@ -18,8 +18,10 @@ head: for that, keep the head hash of each export (`radtriage.compliance.export`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,7 +162,6 @@ class VerifyResult:
 def _db_time(value: datetime) -> datetime:
     # SQLite keeps no time zone: every stored time is UTC, written and compared without an offset there.
     return value.astimezone(UTC)
-
 
 
 def _parse_instant(text: str) -> datetime:
@@ -374,16 +375,108 @@ def verify(engine: Engine, *, batch_size: int = 1000) -> VerifyResult:
         return verify_chain(connection, batch_size=batch_size)
 
 
+class RepeatedReads:
+    """One audit record per client, resource and minute for repeated identical reads (a client polling a Task).
+
+    The first read in a window is recorded at once, as any read. Identical reads after it in the same window (same
+    kind, outcome, who, from where, what, whose) are only counted; when the window has closed, one more record says
+    how many there were (``details.repeated``, with the window's start and length). So every read is still in the
+    verifiable chain, at a cost of at most two chained appends per client, resource and window instead of one per
+    poll. Counts of a window still open live in this process: they are written by `flush` (the application calls
+    it when it stops) and lost only if the process dies within that window.
+    """
+
+    def __init__(self, log: AuditLog, *, window_s: float = 60.0, max_open: int = 10_000) -> None:
+        self.log = log
+        self.window_s = window_s
+        self.max_open = max_open
+        self._open: dict[tuple[Any, ...], tuple[int, AuditRecord, list[int]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(record: AuditRecord) -> tuple[Any, ...]:
+        return (
+            record.kind.code,
+            int(record.outcome),
+            record.outcome_description,
+            record.interaction,
+            record.client_id,
+            record.user_id,
+            record.role,
+            record.token_id,
+            record.peer_address,
+            record.purpose_of_use,
+            record.entities,
+            record.patient_ref,
+            tuple(sorted(record.details.items())),
+        )
+
+    def record(self, record: AuditRecord) -> StoredAuditEvent | None:
+        """Record `record`, or count it as a repeat of one recorded in this window (then None)."""
+        assert record.recorded is not None
+        window = int(record.recorded.timestamp() // self.window_s)
+        key = self._key(record)
+        with self._lock:
+            closed = self._take_closed(window)
+            opened = self._open.get(key)
+            repeat = opened is not None and opened[0] == window
+            if opened is not None and repeat:
+                opened[2][0] += 1
+            else:
+                self._open[key] = (window, record, [0])
+        self._write_summaries(closed)
+        return None if repeat else self.log.record(record)
+
+    def flush(self) -> int:
+        """Write the counts of every window, open or closed; returns how many summary records were written."""
+        with self._lock:
+            closed = [(window, first, count[0]) for window, first, count in self._open.values() if count[0]]
+            self._open.clear()
+        self._write_summaries(closed)
+        return len(closed)
+
+    def _take_closed(self, current_window: int) -> list[tuple[int, AuditRecord, int]]:
+        closed_keys = [k for k, (window, _, _) in self._open.items() if window != current_window]
+        if len(self._open) - len(closed_keys) >= self.max_open:  # bounded memory: close the oldest early
+            closed_keys.extend(list(self._open)[: len(self._open) // 2])
+        closed = []
+        for key in dict.fromkeys(closed_keys):
+            window, first, count = self._open.pop(key)
+            if count[0]:
+                closed.append((window, first, count[0]))
+        return closed
+
+    def _write_summaries(self, closed: list[tuple[int, AuditRecord, int]]) -> None:
+        for window, first, count in closed:
+            start = datetime.fromtimestamp(window * self.window_s, UTC)
+            details = {
+                **first.details,
+                "repeated": str(count),
+                "window-start": start.isoformat(),
+                "window-seconds": f"{self.window_s:g}",
+            }
+            self.log.record(dataclasses.replace(first, recorded=datetime.now(UTC), request_id=None, details=details))
+
+
 class AuditLog:
     """The audit store on one engine: record events in their own transaction, search, read the head, verify."""
 
     def __init__(self, engine: Engine, *, source: AuditSource | None = None) -> None:
         self.engine = engine
         self.source = source
+        self.repeated_reads = RepeatedReads(self)
 
     def record(self, record: AuditRecord) -> StoredAuditEvent:
         with self.engine.begin() as connection:
             return append(connection, record, source=self.source)
+
+    def record_read(self, record: AuditRecord) -> StoredAuditEvent | None:
+        """Record a read, counting identical repeats within a minute instead of chaining each (`RepeatedReads`)."""
+        return self.repeated_reads.record(record)
+
+    def flush(self) -> int:
+        """Write the counts of repeated reads still held in memory (call before the process stops)."""
+        return self.repeated_reads.flush()
 
     def append(self, connection: Connection, record: AuditRecord) -> StoredAuditEvent:
         """`append` with this log's source, inside the caller's transaction."""

@@ -46,7 +46,6 @@ _ORDER_FIELDS = (
 )
 
 
-
 def _order_from_row(row: Row[Any]) -> ImagingOrder:
     m = row._mapping
     values = {name: m[name] for name in _ORDER_FIELDS}
@@ -105,8 +104,12 @@ class SqlOrderStore:
 
     # ------------------------------------------------------------------ orders
 
-    def add_order(self, order: ImagingOrder, job: Job, event: JobEvent) -> tuple[ImagingOrder, Job, bool]:
+    def add_order(
+        self, order: ImagingOrder, job: Job, event: JobEvent, *later: JobEvent
+    ) -> tuple[ImagingOrder, Job, bool]:
+        """`later` events (e.g. received → queued) are stored in the same transaction: one commit per order."""
         assert order.id and order.received_at, "the service assigns id and received_at"
+        state = later[-1].to_state if later else job.state
         order_values = {name: getattr(order, name) for name in _ORDER_FIELDS}
         order_values["requested_priority"] = int(order.requested_priority)
         try:
@@ -116,7 +119,7 @@ class SqlOrderStore:
                     insert(jobs).values(
                         id=job.id,
                         order_id=order.id,
-                        state=job.state.value,
+                        state=state.value,
                         priority=int(job.priority),
                         attempts=0,
                         retryable=False,
@@ -124,7 +127,7 @@ class SqlOrderStore:
                         updated_at=event.at,
                     )
                 )
-                conn.execute(insert(job_events).values(_event_values(event)))
+                conn.execute(insert(job_events), [_event_values(e) for e in (event, *later)])
                 self._audit_received(conn, order, job)
         except IntegrityError:
             existing = self.find_order(order.source, order.source_key)
@@ -211,11 +214,22 @@ class SqlOrderStore:
     def record_transition(
         self, event: JobEvent, *, priority: Priority | None = None, result: TriageResult | None = None
     ) -> Job:
+        return self.record_transitions((event,), priority=priority, result=result)
+
+    def record_transitions(
+        self, path: Sequence[JobEvent], *, priority: Priority | None = None, result: TriageResult | None = None
+    ) -> Job:
+        """Several consecutive moves of one job in one transaction (one commit), each stored and audited as its
+        own event. The compare-and-set is on the first move's from-state."""
+        assert path, "record_transitions needs at least one event"
+        first, event = path[0], path[-1]
+        for before_event, after_event in zip(path, path[1:], strict=False):
+            assert before_event.job_id == after_event.job_id and before_event.to_state is after_event.from_state
         values: dict[str, Any] = {"state": event.to_state.value, "updated_at": event.at}
         if priority is not None:
             # Never lower: an update (HL7 XO) may have raised the job's priority while it was being scored.
             values["priority"] = case((jobs.c.priority > int(priority), jobs.c.priority), else_=int(priority))
-        if event.to_state is JobState.FETCHING:
+        if any(e.to_state is JobState.FETCHING for e in path):
             values["attempts"] = jobs.c.attempts + 1
         if event.to_state is JobState.FAILED:
             values.update(
@@ -223,7 +237,7 @@ class SqlOrderStore:
                 failure_detail=event.detail,
                 retryable=event.data.get("retryable") == "true",
             )
-        elif event.to_state is JobState.QUEUED:
+        elif any(e.to_state is JobState.QUEUED for e in path):
             values.update(failure_code=None, failure_detail=None, retryable=False)
         with self.engine.begin() as conn:
             before = conn.execute(
@@ -233,18 +247,22 @@ class SqlOrderStore:
             ).first()
             # Compare-and-set: the move only happens if nobody else moved the job since it was read.
             updated = conn.execute(
-                update(jobs).where(jobs.c.id == event.job_id, jobs.c.state == event.from_state.value).values(values)
+                update(jobs).where(jobs.c.id == event.job_id, jobs.c.state == first.from_state.value).values(values)
             )
             if updated.rowcount != 1:
-                raise TriageError(ErrorCode.CONFLICT, f"job is no longer {event.from_state.value}")
-            conn.execute(insert(job_events).values(_event_values(event)))
+                raise TriageError(ErrorCode.CONFLICT, f"job is no longer {first.from_state.value}")
+            conn.execute(insert(job_events), [_event_values(e) for e in path])
             if result is not None:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id == result.job_id))
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))
                 conn.execute(insert(results).values(self._result_values(result)))
                 self._insert_heatmaps(conn, result.job_id, result.heatmaps)
             if before is not None:
-                self._audit_transition(conn, event, before, priority, result)
+                # The result and a raised priority belong to the move that produced them (scored, if in the path).
+                carrier = next((e for e in path if e.to_state is JobState.SCORED), event)
+                for audited in path:
+                    mine = audited is carrier
+                    self._audit_transition(conn, audited, before, priority if mine else None, result if mine else None)
         job = self.get_job(event.job_id)
         assert job is not None
         return job
