@@ -158,11 +158,12 @@ def retention(obj: dict[str, object], dry_run: bool) -> None:
 
 
 def _register_command_groups() -> None:
+    from .app.process_commands import api_command, worker_command
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
     from .monitoring.cli_commands import monitor_group
 
-    for command in (audit_group, model_group, label_command, score_command, monitor_group):
+    for command in (audit_group, model_group, label_command, score_command, monitor_group, api_command, worker_command):
         main.add_command(command)
 
 

@@ -41,8 +41,15 @@ class Settings:
     #: priority update; "off" acts on the model; "auto" is shadow until a site validation is recorded for the
     #: active model. Tests that assert a raised priority set "off" explicitly.
     shadow_mode: str = "off"
-    #: "inline" (in-process worker threads) is the embedded default.
+    #: "inline" (in-process worker threads) is the embedded default; "celery" publishes job ids to a broker
+    #: (broker_url) for `radtriage worker` processes.
     queue: str = "inline"
+    #: Celery broker, e.g. redis://127.0.0.1:6379/0 (queue = "celery").
+    broker_url: str = ""
+    #: Seconds after which Redis gives an unacknowledged message (its worker vanished) to another worker.
+    broker_visibility_timeout: float = 3600.0
+    #: Seconds between two rounds of the broker sweeper (radtriage.app.sweeper) in each worker process.
+    sweep_interval: float = 5.0
     workers: int = 1
     #: Seconds a queued job waits before it is served one priority level up (ageing; 0 = never).
     queue_max_wait: float = 300.0

@@ -12,6 +12,9 @@ from .config import Settings, load_settings
 from .core.ports import ImageScorer, StudySource
 from .core.service import TriageService
 from .jobs import InlineJobQueue
+
+if TYPE_CHECKING:
+    from .celery_queue import CeleryJobQueue
 from .storage import SqlOrderStore, create_database_engine, migrate
 
 if TYPE_CHECKING:
@@ -30,7 +33,8 @@ class Components:
     settings: Settings
     engine: Engine
     store: SqlOrderStore
-    queue: InlineJobQueue
+    #: The in-process queue (embedded default), or the Celery publisher (queue = "celery").
+    queue: InlineJobQueue | CeleryJobQueue
     service: TriageService
     audit: AuditLog
     access: AccessControl | None = None
@@ -43,6 +47,8 @@ class Components:
 
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
+        if not isinstance(self.queue, InlineJobQueue):
+            return  # with a broker, the workers' sweepers recover unfinished jobs (by lease, not by restart)
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
@@ -135,6 +141,18 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
     )
 
 
+def build_job_queue(settings: Settings, store: SqlOrderStore) -> InlineJobQueue | CeleryJobQueue:
+    if settings.queue == "inline":
+        return InlineJobQueue(settings.workers, max_wait_s=settings.queue_max_wait)
+    if settings.queue == "celery":
+        from .celery_queue import CeleryJobQueue, celery_app, unqueued_marker
+
+        if not settings.broker_url:
+            raise ValueError("queue is celery but broker_url is not set (e.g. redis://127.0.0.1:6379/0)")
+        return CeleryJobQueue(celery_app(settings), on_unqueued=unqueued_marker(store))
+    raise ValueError(f"unknown queue {settings.queue!r} (inline or celery)")
+
+
 def build_components(
     settings: Settings | None = None,
     *,
@@ -154,7 +172,7 @@ def build_components(
     migrate(engine)
     audit = AuditLog(engine)
     store = SqlOrderStore(engine, audit=audit)
-    queue = InlineJobQueue(settings.workers, max_wait_s=settings.queue_max_wait)
+    queue = build_job_queue(settings, store)
     service = TriageService(
         store=store,
         queue=queue,

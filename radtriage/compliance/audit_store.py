@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -231,6 +231,15 @@ def append(connection: Connection, record: AuditRecord, *, source: AuditSource |
 
     The head row stays locked until that transaction ends: keep audited transactions short.
     """
+    return append_many(connection, (record,), source=source)[0]
+
+
+def append_many(
+    connection: Connection, records: Sequence[AuditRecord], *, source: AuditSource | None = None
+) -> list[StoredAuditEvent]:
+    """`append` for several records in order: the head is locked and moved once, the rows inserted in one go."""
+    if not records:
+        return []
     source = source or _default_source()
     locked = connection.execute(
         update(audit_chain_head).where(audit_chain_head.c.id == HEAD_ROW_ID).values(last_id=audit_chain_head.c.last_id)
@@ -240,40 +249,54 @@ def append(connection: Connection, record: AuditRecord, *, source: AuditSource |
     head = connection.execute(
         select(audit_chain_head.c.last_id, audit_chain_head.c.last_hash).where(audit_chain_head.c.id == HEAD_ROW_ID)
     ).one()
-    sequence = head.last_id + 1
-    resource = audit_event_json(record, resource_id=str(sequence), source=source)
-    text = canonical_json(resource)
-    digest = content_sha256(text)
-    row_hash = chain_hash(sequence, head.last_hash, digest)
-    values = indexed_values(resource)
-    connection.execute(
-        insert(audit_events).values(
-            id=sequence,
-            resource=text,
-            content_sha256=digest,
-            prev_hash=head.last_hash,
-            hash=row_hash,
-            **{**values, "recorded": _db_time(values["recorded"])},
+    stored: list[StoredAuditEvent] = []
+    rows: list[dict[str, Any]] = []
+    prev_hash = head.last_hash
+    for sequence, record in enumerate(records, start=head.last_id + 1):
+        resource = audit_event_json(record, resource_id=str(sequence), source=source)
+        text = canonical_json(resource)
+        digest = content_sha256(text)
+        row_hash = chain_hash(sequence, prev_hash, digest)
+        values = indexed_values(resource)
+        rows.append(
+            {
+                "id": sequence,
+                "resource": text,
+                "content_sha256": digest,
+                "prev_hash": prev_hash,
+                "hash": row_hash,
+                **values,
+                "recorded": _db_time(values["recorded"]),
+            }
         )
-    )
-    connection.execute(
-        update(audit_chain_head)
-        .where(audit_chain_head.c.id == HEAD_ROW_ID, audit_chain_head.c.last_id == head.last_id)
-        .values(last_id=sequence, last_hash=row_hash)
-    )
-    return StoredAuditEvent(
-        id=sequence,
-        recorded=values["recorded"],
-        kind=values["kind"],
-        action=values["action"],
-        outcome=values["outcome"],
-        client_id=values["client_id"],
-        patient_ref=values["patient_ref"],
-        resource_text=text,
-        content_sha256=digest,
-        prev_hash=head.last_hash,
-        hash=row_hash,
-    )
+        stored.append(
+            StoredAuditEvent(
+                id=sequence,
+                recorded=values["recorded"],
+                kind=values["kind"],
+                action=values["action"],
+                outcome=values["outcome"],
+                client_id=values["client_id"],
+                patient_ref=values["patient_ref"],
+                resource_text=text,
+                content_sha256=digest,
+                prev_hash=prev_hash,
+                hash=row_hash,
+            )
+        )
+        prev_hash = row_hash
+    # The database lets the head advance one record at a time (migration 0003), so it moves once per row; the
+    # lock and the read of the head are shared.
+    previous_id = head.last_id
+    for row in rows:
+        connection.execute(insert(audit_events).values(row))
+        connection.execute(
+            update(audit_chain_head)
+            .where(audit_chain_head.c.id == HEAD_ROW_ID, audit_chain_head.c.last_id == previous_id)
+            .values(last_id=row["id"], last_hash=row["hash"])
+        )
+        previous_id = row["id"]
+    return stored
 
 
 _SOURCE: AuditSource | None = None
@@ -481,6 +504,10 @@ class AuditLog:
     def append(self, connection: Connection, record: AuditRecord) -> StoredAuditEvent:
         """`append` with this log's source, inside the caller's transaction."""
         return append(connection, record, source=self.source)
+
+    def append_many(self, connection: Connection, records: Sequence[AuditRecord]) -> list[StoredAuditEvent]:
+        """`append_many` with this log's source, inside the caller's transaction."""
+        return append_many(connection, records, source=self.source)
 
     def head(self) -> ChainHead:
         with self.engine.connect() as connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from .tables import heatmaps, job_events, jobs, orders, results
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from ...compliance.audit import AuditRecord
     from ...compliance.audit_store import AuditLog
 
 _ORDER_FIELDS = (
@@ -44,6 +46,19 @@ _ORDER_FIELDS = (
     "imaging_study_ref",
     "received_at",
 )
+
+
+@dataclass(frozen=True)
+class SweepCandidate:
+    """An unfinished job as the broker sweeper sees it (`radtriage.app.sweeper`)."""
+
+    job_id: str
+    state: JobState
+    priority: Priority
+    #: The job's last move (for a queued job: when it was queued; for a running one: its worker's last commit).
+    updated_at: datetime
+    enqueued_at: datetime | None
+    enqueued_priority: Priority | None
 
 
 def _order_from_row(row: Row[Any]) -> ImagingOrder:
@@ -125,6 +140,10 @@ class SqlOrderStore:
                         retryable=False,
                         created_at=event.at,
                         updated_at=event.at,
+                        # Optimistic: the service hands the id to the queue right after this commit; a queue that
+                        # cannot take it says so (`mark_enqueued(..., None)`), and the sweeper does it later.
+                        enqueued_at=event.at,
+                        enqueued_priority=int(job.priority),
                     )
                 )
                 conn.execute(insert(job_events), [_event_values(e) for e in (event, *later)])
@@ -260,9 +279,14 @@ class SqlOrderStore:
             if before is not None:
                 # The result and a raised priority belong to the move that produced them (scored, if in the path).
                 carrier = next((e for e in path if e.to_state is JobState.SCORED), event)
+                records = []
                 for audited in path:
                     mine = audited is carrier
-                    self._audit_transition(conn, audited, before, priority if mine else None, result if mine else None)
+                    records += self._audit_records(
+                        audited, before, priority if mine else None, result if mine else None
+                    )
+                if self.audit is not None:
+                    self.audit.append_many(conn, records)
         job = self.get_job(event.job_id)
         assert job is not None
         return job
@@ -285,16 +309,15 @@ class SqlOrderStore:
         if record is not None:
             self.audit.append(conn, record)
 
-    def _audit_transition(
+    def _audit_records(
         self,
-        conn: Connection,
         event: JobEvent,
         before: Row[Any, Any, Any],
         priority: Priority | None,
         result: TriageResult | None,
-    ) -> None:
+    ) -> list[AuditRecord]:
         if self.audit is None:
-            return
+            return []
         from ...compliance.audit import PRIORITY_CHANGED, AuditRecord, record_for_job_transition
 
         details = (
@@ -306,6 +329,7 @@ class SqlOrderStore:
             if result is not None
             else {}
         )
+        records = []
         record = record_for_job_transition(
             job_id=event.job_id,
             to_state=event.to_state.value,
@@ -316,17 +340,17 @@ class SqlOrderStore:
             details=details,
         )
         if record is not None:
-            self.audit.append(conn, record)
+            records.append(record)
         if priority is not None and int(priority) > before.priority:
-            self.audit.append(
-                conn,
+            records.append(
                 AuditRecord(
                     PRIORITY_CHANGED,
                     patient_ref=before.patient_ref,
                     entities=(f"Task/{event.job_id}",),  # the FHIR door's Task id is the job id
                     details={"job": event.job_id, "from": Priority(before.priority).code, "to": priority.code},
-                ),
+                )
             )
+        return records
 
     @staticmethod
     def _result_values(result: TriageResult) -> dict[str, Any]:
@@ -456,6 +480,38 @@ class SqlOrderStore:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id.in_(expired_jobs)))
                 conn.execute(results.delete().where(expired))
         return count
+
+    def mark_enqueued(self, job_id: str, priority: Priority | None, at: datetime) -> None:
+        """Note that the job's id was handed to the broker at `priority` (None: the broker could not take it)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(enqueued_at=at if priority is not None else None, enqueued_priority=priority)
+            )
+
+    def sweep_candidates(self, limit: int = 5000) -> list[SweepCandidate]:
+        """Unfinished jobs with what the sweeper needs to decide whether the broker should get them again."""
+        terminal = [s.value for s in JobState if s.is_terminal]
+        columns = (jobs.c.id, jobs.c.state, jobs.c.priority, jobs.c.updated_at, jobs.c.enqueued_at)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*columns, jobs.c.enqueued_priority)
+                .where(jobs.c.state.not_in(terminal))
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at)
+                .limit(limit)
+            ).all()
+        return [
+            SweepCandidate(
+                r.id,
+                JobState(r.state),
+                Priority(r.priority),
+                _utc(r.updated_at),
+                _utc(r.enqueued_at),
+                Priority(r.enqueued_priority) if r.enqueued_priority is not None else None,
+            )
+            for r in rows
+        ]
 
     def unfinished_job_ids(self) -> list[str]:
         terminal = [s.value for s in JobState if s.is_terminal]

@@ -65,6 +65,10 @@ jobs = Table(
     Column("retryable", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # With a broker (Celery): when the job id was last handed to it and at which priority; NULL when the broker
+    # could not take it. The sweeper (radtriage.app.sweeper) re-queues from these.
+    Column("enqueued_at", DateTime(timezone=True)),
+    Column("enqueued_priority", Integer),
 )
 Index("ix_jobs_state", jobs.c.state)
 Index("ix_jobs_priority_created", jobs.c.priority, jobs.c.created_at)
