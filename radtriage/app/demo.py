@@ -180,9 +180,20 @@ def submit(base: str, n: int, study: DemoStudy) -> str:
     """POST the order; returns the Task id."""
     response = requests.post(base, json=order_bundle(n, study), headers=FHIR_JSON, timeout=30)
     response.raise_for_status()
-    bundle = response.json()
+    return task_of_transaction(base, response.json())
+
+
+def task_of_transaction(base: str, bundle: dict[str, Any]) -> str:
+    """The Task id of the order a transaction-response Bundle reports: each entry names its own resource
+    (``ServiceRequest/<id>/_history/1``), and the Task is found by its ``based-on``."""
     for entry in bundle.get("entry", []):
         location = str(entry.get("response", {}).get("location", ""))
+        if location.startswith("ServiceRequest/"):
+            request_ref = "/".join(location.split("/")[:2])
+            found = requests.get(f"{base}/Task", params={"based-on": request_ref}, headers=FHIR_JSON, timeout=30)
+            found.raise_for_status()
+            for match in found.json().get("entry", []):
+                return str(match["resource"]["id"])
         if location.startswith("Task/"):
             return location.split("/")[1]
     raise RuntimeError("the service answered without a Task")

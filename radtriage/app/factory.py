@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from .config import Settings, load_settings
 from .core.ports import ImageScorer, StudySource
-from .core.service import TriageService
+from .core.service import SystemClock, TriageService
 from .jobs import InlineJobQueue
+from .retry import RetryPlanner, RetryPolicy, RetryScheduler
+from .storage import SqlOrderStore, create_database_engine, migrate
 
 if TYPE_CHECKING:
     from .celery_queue import CeleryJobQueue
-from .storage import SqlOrderStore, create_database_engine, migrate
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -40,6 +41,8 @@ class Components:
     access: AccessControl | None = None
     #: Draft reports, final-report intake, live metrics and drift (set by `install_monitoring`).
     monitoring: Monitoring | None = None
+    #: Automatic retries of retryable failures (radtriage.app.retry); runs where the workers run.
+    retries: RetryScheduler | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -48,14 +51,53 @@ class Components:
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
         if not isinstance(self.queue, InlineJobQueue):
-            return  # with a broker, the workers' sweepers recover unfinished jobs (by lease, not by restart)
+            # With a broker this process only takes orders (radtriage api / mllp): no model, and the worker
+            # processes recover unfinished jobs (sweeper, by lease) and run the automatic retries.
+            return
+        self._warn_findings_not_assessed()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
+        if self.retries is not None:
+            self.retries.start()
+
+    def _warn_findings_not_assessed(self) -> None:
+        """Say loudly, in the log and the audit trail, when the policy has a rule the model can never fire.
+
+        This process runs workers, so it loads the model now rather than at its first study."""
+        from ..compliance.audit import FINDINGS_NOT_ASSESSED, AuditRecord
+
+        try:
+            scorer = self.service.scorer
+            missing = self.service.not_assessed(scorer)
+        except Exception:  # the jobs will fail with MODEL_UNAVAILABLE and say so; start-up goes on
+            log.warning("the model could not be loaded at start-up, so its findings could not be checked")
+            return
+        if not missing:
+            return
+        log.warning(
+            "THE TRIAGE POLICY HAS RULES FOR FINDINGS THE MODEL CANNOT ASSESS: %s. Model %s %s has no output for "
+            "them; every result reports them as 'not assessed' and these rules can never raise a priority.",
+            ", ".join(missing),
+            scorer.identity.name,
+            scorer.identity.version,
+        )
+        self.audit.record(
+            AuditRecord(
+                FINDINGS_NOT_ASSESSED,
+                details={
+                    "not-assessed": ", ".join(missing),
+                    "model": f"{scorer.identity.name} {scorer.identity.version}",
+                    "model-sha256": scorer.identity.sha256,
+                },
+            )
+        )
 
     def close(self) -> None:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord
 
+        if self.retries is not None:
+            self.retries.stop()
         self.queue.stop()
         self.audit.flush()
         self.audit.record(AuditRecord(APPLICATION_STOP))
@@ -74,6 +116,8 @@ def build_study_source(settings: Settings) -> StudySource:
             password=settings.dicomweb_password or None,
             timeout=settings.dicomweb_timeout,
             attempts=settings.dicomweb_attempts,
+            breaker_failures=settings.dicomweb_breaker_failures,
+            breaker_cooldown=settings.dicomweb_breaker_cooldown,
         )
     if settings.study_source == "folder":
         from ..imaging.folder_source import FolderStudySource
@@ -112,6 +156,14 @@ def model_scorer_factory(settings: Settings) -> Callable[[], ImageScorer]:
         return XrvScorer.from_artefact(resolve_model_path(settings), gates=gates)
 
     return load
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_delay=settings.retry_base_delay,
+        max_delay=settings.retry_max_delay,
+        retry_for=settings.retry_for_hours * 3600.0,
+    )
 
 
 def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) -> AccessControl | None:
@@ -171,7 +223,9 @@ def build_components(
     engine = create_database_engine(settings.resolved_database_url())
     migrate(engine)
     audit = AuditLog(engine)
-    store = SqlOrderStore(engine, audit=audit)
+    clock = SystemClock()
+    retry_planner = RetryPlanner(engine, retry_policy(settings), clock, audit)
+    store = SqlOrderStore(engine, audit=audit, hooks=[retry_planner])
     queue = build_job_queue(settings, store)
     service = TriageService(
         store=store,
@@ -181,11 +235,19 @@ def build_components(
         policy=load_policy(settings.policy or None),
         # Records what the model sees (input drift) and applies locally recalibrated thresholds.
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
+        clock=clock,
         lease_s=settings.job_lease,
     )
     queue.bind(service.run_job, service.explain_job)
     components = Components(
-        settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit)
+        settings,
+        engine,
+        store,
+        queue,
+        service,
+        audit,
+        build_access_control(settings, engine, audit),
+        retries=RetryScheduler(retry_planner, service, interval=settings.retry_poll_interval),
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components
@@ -201,6 +263,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     from ..monitoring.api import monitoring_blueprint
     from ..monitoring.wiring import install_monitoring
     from ..web import web_blueprint  # the pages for people (sign-in, worklist, study, audit, model)
+    from .storage.fhir_resource_store import SqlFhirResourceStore
 
     components = components or build_components(settings)
     monitoring = install_monitoring(components)  # idempotent
@@ -216,6 +279,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         base_url=base_url,
         find_draft=monitoring.drafts,
         receive_final_report=monitoring.fhir_report_receiver(),
+        resources=SqlFhirResourceStore(components.engine),
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(monitoring_blueprint(monitoring))

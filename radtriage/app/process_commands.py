@@ -117,31 +117,36 @@ class WorkerService:
     show_default=True,
     help="Celery pool: prefork (one process per --concurrency), solo (this process), threads.",
 )
-@click.option("--no-sweeper", is_flag=True, help="Do not run the broker sweeper in this process.")
+@click.option(
+    "--no-sweeper", is_flag=True, help="Run neither the broker sweeper nor the automatic retries in this process."
+)
 @click.pass_obj
 def worker_command(obj: dict[str, object], concurrency: int, queues: str, pool: str, no_sweeper: bool) -> None:
-    """Score studies: a Celery worker on the priority queues, and the broker sweeper (radtriage.app.sweeper)."""
-    from ..compliance.audit_store import AuditLog
+    """Score studies: a Celery worker on the priority queues, the broker sweeper (radtriage.app.sweeper) and the
+    automatic retries of failed jobs (radtriage.app.retry)."""
     from .celery_queue import CeleryJobQueue, celery_app
-    from .storage import SqlOrderStore, create_database_engine, migrate
+    from .factory import build_components
     from .sweeper import QueueSweeper
 
     _logging(obj)
     settings = _broker_settings(obj)
     queue_names = _parse_queues(queues)
     app = celery_app(settings, WorkerService(settings))
+    # This (parent) process publishes only: the sweeper and the retry scheduler; the pool's processes score.
+    duties = build_components(settings)
     sweeper = None
     if not no_sweeper:
-        engine = create_database_engine(settings.resolved_database_url())
-        migrate(engine)
+        assert isinstance(duties.queue, CeleryJobQueue)
         sweeper = QueueSweeper(
-            SqlOrderStore(engine, audit=AuditLog(engine)),
-            CeleryJobQueue(app),
+            duties.store,
+            duties.queue,
             max_wait_s=settings.queue_max_wait,
             lease_s=settings.job_lease,
             interval_s=settings.sweep_interval,
         )
         sweeper.start()
+        if duties.retries is not None:
+            duties.retries.start()
     try:
         app.worker_main(
             [
@@ -158,3 +163,4 @@ def worker_command(obj: dict[str, object], concurrency: int, queues: str, pool: 
     finally:
         if sweeper is not None:
             sweeper.stop()
+        duties.close()

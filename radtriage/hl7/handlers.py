@@ -41,7 +41,7 @@ from ..app.core.domain import Priority
 from ..app.core.errors import ErrorCode, TriageError
 from ..app.core.service import TriageService
 from . import er7
-from .ack import AckCode, AckHeader, ErrorCondition, Hl7Issue, Location, build_ack
+from .ack import AckCode, ErrorCondition, Hl7Issue, Location, build_ack, salvaged_header
 from .mapping import (
     SOURCE,
     DecodeError,
@@ -323,7 +323,7 @@ class OrderReceiver:
         now = self.service.clock.now()
         ack = build_ack(
             code,
-            header.ack_header() if header else AckHeader(),
+            header.ack_header() if header else salvaged_header(payload),  # MSA-2 echoes MSH-10 whenever it can
             control_id=uuid.uuid4().hex[:20],
             now=now,
             application=self.settings.application,

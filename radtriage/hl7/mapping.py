@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app.core.domain import ImagingOrder, Priority
+from ..app.core.uids import is_dicom_uid
 from . import er7
 from .ack import AckHeader, ErrorCondition, Hl7Issue, Location
 from .priority_map import DEFAULT_PRIORITY_MAP, PriorityMap, UnknownPriorityCode
@@ -61,7 +62,6 @@ CHARACTER_SETS: dict[str, str] = {
 }
 
 #: DICOM PS3.5 9.1: a UID is at most 64 characters of digits and dots.
-_UID = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
 #: Column sizes of the orders table; a longer value is a data type error, not a database error.
 _MAX_LENGTH = {
     "study_instance_uid": 64,
@@ -157,6 +157,8 @@ class OrderContext:
     requested_procedure_id: str = ""
     scheduled_procedure_step_id: str = ""
     modality: str = ""
+    #: MSH-9.1 of the order ("ORM", "OMI"): updates go back in the sender's own dialect (`outbound.dialect`).
+    message_type: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +174,7 @@ class OrderContext:
             "requested_procedure_id": self.requested_procedure_id,
             "scheduled_procedure_step_id": self.scheduled_procedure_step_id,
             "modality": self.modality,
+            "message_type": self.message_type,
         }
 
     @classmethod
@@ -189,6 +192,7 @@ class OrderContext:
             requested_procedure_id=str(data.get("requested_procedure_id", "")),
             scheduled_procedure_step_id=str(data.get("scheduled_procedure_step_id", "")),
             modality=str(data.get("modality", "")),
+            message_type=str(data.get("message_type", "")),
         )
 
 
@@ -430,6 +434,7 @@ def _read_order(
     provider = _provider(orc) or (_provider(obr) if obr else "")
     context = OrderContext(
         version=header.version,
+        message_type=header.message_type,
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
         patient_identifiers=patient_ids,
@@ -514,7 +519,7 @@ def _study_uid(
     for value, location in candidates:
         if value:
             uid = value.strip()
-            if len(uid) > 64 or not _UID.match(uid):
+            if not is_dicom_uid(uid):
                 issues.append(
                     Hl7Issue(ErrorCondition.DATA_TYPE_ERROR, "Study Instance UID is not a valid DICOM UID", location)
                 )

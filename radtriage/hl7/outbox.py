@@ -42,7 +42,7 @@ from ..app.storage.messaging_tables import hl7_outbox
 from . import er7
 from .mapping import CHARACTER_SETS, SOURCE
 from .mllp import MLLPClient, MLLPNoAnswer
-from .outbound import OutboundOptions, order_identity, priority_update, result_report
+from .outbound import OutboundOptions, not_analysed_update, order_identity, priority_update, result_report
 from .store import HL7Store
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,8 @@ class HL7ResultPublisher:
         # Never lower the priority the order arrived with (the core ensures it too; this is the last door out).
         priority = max(result.priority, order.requested_priority)
         update_message = priority_update(
-            order, context, priority, self.options.outbound, now=now, reason=result.priority_reason
+            order, context, priority, self.options.outbound, now=now, reason=result.priority_reason,
+            notes=not_assessed_notes(result),
         )
         stored = self.outbox.add(
             order_id=order.id,
@@ -274,6 +275,38 @@ class HL7ResultPublisher:
             log.info("HL7 outbox: update for job %s stored (priority %s)", result.job_id, priority.code)
             if self.on_stored is not None:
                 self.on_stored()
+
+
+    def publish_not_analysed(self, order: ImagingOrder, job_id: str, failure_code: str, failure_display: str) -> None:
+        """Tell the RIS that the study could not be analysed (`outbound.not_analysed_update`), at the order's own
+        priority: without it the RIS cannot tell "not analysed" from "still working"."""
+        if order.source not in self.options.sources or order.id is None:
+            return
+        now = self.clock.now()
+        context = order_identity(order, self.contexts.get_context(order.id))
+        message = not_analysed_update(
+            order, context, self.options.outbound, now=now, failure_code=failure_code, failure_display=failure_display
+        )
+        stored = self.outbox.add(
+            order_id=order.id,
+            job_id=job_id,
+            kind="not-analysed",
+            patient_ref=order.patient_ref,
+            control_id=message.control_id,
+            payload=message.text,
+            at=now,
+        )
+        if stored:
+            log.info("HL7 outbox: not-analysed update for job %s stored (%s)", job_id, failure_code)
+            if self.on_stored is not None:
+                self.on_stored()
+
+
+def not_assessed_notes(result: TriageResult) -> tuple[str, ...]:
+    """The NTE that says which findings the model did not assess (so the RIS never reads silence as negative)."""
+    if not result.not_assessed:
+        return ()
+    return (f"Not assessed (the model has no output for them): {', '.join(result.not_assessed)}",)
 
 
 # ---------------------------------------------------------------------------------------------- sending

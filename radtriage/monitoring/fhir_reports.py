@@ -24,7 +24,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from ..app.core.errors import ErrorCode, TriageError
 from ..fhir import terminology as t
-from ..fhir.mapping import parse_resource
+from ..fhir.inbound import parse_resource
 from .reports import FINAL_STATUSES, CodedFinding, FinalReport, ReceivedReport, ReportIntake
 
 JsonObject = dict[str, Any]

@@ -57,7 +57,7 @@ FAILURE_TEXT: dict[str, str] = {
     "not-a-chest": "not a chest examination",
     "lateral-only": "no frontal (PA/AP) view",
     "unreadable-image": "the image could not be read",
-    "pacs-unavailable": "the image archive did not answer (will retry)",
+    "pacs-unavailable": "the image archive did not answer",
     "model-unavailable": "the model is unavailable",
     "invalid-input": "the order is incomplete",
     "internal": "an internal error (see the service log)",
@@ -85,6 +85,8 @@ class WorklistRow:
     findings: tuple[FindingScore, ...]
     model_version: str | None
     placeholder_model: bool
+    #: When an automatic retry is planned (radtriage.app.retry): the study is waiting, not given up.
+    next_attempt_at: datetime | None = None
 
     @property
     def positive_findings(self) -> tuple[FindingScore, ...]:
@@ -122,6 +124,7 @@ def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], i
             jobs.c.state,
             jobs.c.failure_code,
             jobs.c.updated_at,
+            jobs.c.next_attempt_at,
             orders.c.requested_priority,
             orders.c.received_at,
             orders.c.patient_ref,
@@ -162,13 +165,14 @@ def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], i
                 state=state,
                 status=Status.of(state),
                 received_at=_utc(row.received_at) or datetime.now(UTC),
-                finished_at=_utc(row.updated_at) if state.is_terminal else None,
+                finished_at=_utc(row.updated_at) if state.is_terminal and row.next_attempt_at is None else None,
                 patient_ref=row.patient_ref,
                 accession_number=row.accession_number,
                 failure_code=row.failure_code,
                 findings=findings,
                 model_version=row.model_version,
                 placeholder_model=bool(row.model_placeholder),
+                next_attempt_at=_utc(row.next_attempt_at) if state is JobState.FAILED else None,
             )
         )
     if query.flagged_only:

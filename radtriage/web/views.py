@@ -28,19 +28,23 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..app.core.domain import FindingScore, ImagingOrder, Job, Priority, TriageResult
-from ..app.core.errors import ErrorCode, TriageError
+from ..app.core.errors import ErrorCode, TriageError, waiting_text
 from ..compliance.audit import (
+    ACCOUNT_LOCKED,
     AUDIT_READ,
     AUDIT_VERIFIED,
     AUTHENTICATION_FAILED,
     EVENT_KINDS,
     LOGIN,
+    LOGOUT,
     RESULT_READ,
+    SIGN_IN_THROTTLED,
     AuditOutcome,
     AuditRecord,
 )
 from ..compliance.audit_store import AuditQueryError, StoredAuditEvent
 from ..compliance.export import ExportFormat, build_filter, export_audit, verify_export
+from .accounts import Refusal, SessionStore, SignInGuard
 from .imaging import PictureUnavailable, StudyPictures
 from .markdown import render_markdown
 from .queries import FAILURE_TEXT, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
@@ -51,6 +55,7 @@ from .sessions import (
     current_user,
     reason_text,
     require_page,
+    session_user,
     start_session,
     web_audit_context,
 )
@@ -191,6 +196,8 @@ def web_blueprint(
     )
     audit = components.audit
     store = components.store
+    sessions = SessionStore(components.engine)
+    guard = SignInGuard(components.engine)
     bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
 
     @bp.record_once
@@ -206,7 +213,7 @@ def web_blueprint(
         )
 
     def page(name: str) -> Callable[[Any], Any]:
-        return require_page(directory.get, settings, name)
+        return require_page(directory.get, settings, name, sessions)
 
     @bp.app_template_global()
     def nav_pages() -> list[tuple[str, str, str]]:
@@ -273,8 +280,7 @@ def web_blueprint(
 
     @bp.route("/", methods=["GET"])
     def home() -> Any:
-        username = session.get("user")
-        user = directory.get().get(username) if isinstance(username, str) else None
+        user, _reason = session_user(directory.get, settings, sessions)
         if user is None:
             return redirect(url_for("web.login"))
         for name, endpoint in (("worklist", "web.worklist_page"), ("compliance", "web.compliance_page")):
@@ -298,10 +304,13 @@ def web_blueprint(
                 no_users=False,
                 error="The sign-in form expired. Try again.",
             ), 400
-        username = request.form.get("username", "").strip()
+        username = request.form.get("username", "").strip()[:64]
         password = request.form.get("password", "")
-        user = directory.get().authenticate(username, password) if username and password else None
         address = request.remote_addr if request.remote_addr and len(request.remote_addr) <= 255 else None
+        refusal = guard.refusal(username, address) if username else None
+        if refusal is not None:
+            return _refused_sign_in(username, address, refusal, next_url)
+        user = directory.get().authenticate(username, password) if username and password else None
         if user is None:
             known = directory.get().get(username)
             audit.record(
@@ -315,6 +324,18 @@ def web_blueprint(
                     details={"method": "web-password"},
                 )
             )
+            if username and guard.failed(username, address):
+                audit.record(
+                    AuditRecord(
+                        ACCOUNT_LOCKED,
+                        outcome=AuditOutcome.MINOR_FAILURE,
+                        client_id=WEB_CLIENT_ID,
+                        user_id=known.username if known else None,
+                        peer_address=address,
+                        outcome_description="too-many-failures",
+                        details={"method": "web-password", "locked_minutes": "15"},
+                    )
+                )
             return render_template(
                 "login.html",
                 next_url=next_url,
@@ -322,13 +343,48 @@ def web_blueprint(
                 no_users=False,
                 error="The user name or password is not right.",
             ), 401
-        start_session(user)
+        guard.succeeded(user.username)
+        start_session(user, sessions.start(user.username))
         audit.record(AuditRecord.in_context(LOGIN, web_audit_context(user), details={"method": "web-password"}))
         return redirect(next_url or url_for("web.home"))
+
+    def _refused_sign_in(username: str, address: str | None, refusal: Refusal, next_url: str) -> Any:
+        known = directory.get().get(username)
+        audit.record(
+            AuditRecord(
+                SIGN_IN_THROTTLED,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                client_id=WEB_CLIENT_ID,
+                user_id=known.username if known else None,
+                peer_address=address,
+                outcome_description=refusal.reason,
+                details={"method": "web-password", "retry_after_s": str(refusal.retry_after_s)},
+            )
+        )
+        wait = human_duration(refusal.retry_after_s)
+        if refusal.reason == "account-locked":
+            error = (
+                f"This account is locked after repeated wrong passwords. Try again in {wait}, "
+                "or ask an administrator to unlock it."
+            )
+        else:
+            error = f"Too many wrong passwords from this computer. Wait {wait} before trying again."
+        response = Response(
+            render_template("login.html", next_url=next_url, notice=None, no_users=False, error=error),
+            status=429,
+            mimetype="text/html",
+        )
+        response.headers["Retry-After"] = str(refusal.retry_after_s)
+        return response
 
     @bp.route("/logout", methods=["POST"])
     def logout() -> Any:
         if csrf_ok():
+            user, _reason = session_user(directory.get, settings, sessions)
+            session_id = session.get("sid")
+            if user is not None and isinstance(session_id, str):
+                sessions.end(session_id, "signed-out")
+                audit.record(AuditRecord.in_context(LOGOUT, web_audit_context(user)))
             session.clear()
         return redirect(url_for("web.login", reason="signed-out"))
 
@@ -359,6 +415,13 @@ def web_blueprint(
             "findings": [_finding_json(f) for f in row.positive_findings],
             "scored": bool(row.findings),
             "placeholder": row.placeholder_model,
+            # A retryable failure that will be tried again (radtriage.app.retry) says so, with the time.
+            "retry_at": row.next_attempt_at.isoformat(timespec="seconds") if row.next_attempt_at else None,
+            **(
+                {"reason": f"{waiting_text(row.failure_code)}, next try {row.next_attempt_at:%H:%M} UTC"}
+                if row.next_attempt_at
+                else {}
+            ),
         }
 
     def _audit_worklist(rows: list[WorklistRow]) -> None:

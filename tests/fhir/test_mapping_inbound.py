@@ -8,7 +8,7 @@ import pytest
 
 from radtriage.app.core.domain import Priority
 from radtriage.app.core.errors import ErrorCode, TriageError
-from radtriage.fhir import mapping
+from radtriage.fhir import inbound
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 OTHER_UID = "1.2.826.0.1.3680043.8.498.2"
@@ -61,7 +61,7 @@ def refused(call: Any, *args: Any) -> TriageError:
 
 
 def test_imaging_study_becomes_an_order() -> None:
-    order = mapping.order_from_imaging_study(
+    order = inbound.order_from_imaging_study(
         imaging_study(basedOn=[{"reference": "ServiceRequest/sr-7"}], referrer={"reference": "Practitioner/x"})
     )
     assert order.study_instance_uid == UID
@@ -76,19 +76,19 @@ def test_imaging_study_becomes_an_order() -> None:
 
 
 def test_imaging_study_without_id_is_keyed_by_its_uid() -> None:
-    order = mapping.order_from_imaging_study(imaging_study(id=None))
+    order = inbound.order_from_imaging_study(imaging_study(id=None))
     assert order.source_key == f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{UID}"
     assert order.imaging_study_ref is None
 
 
 @pytest.mark.parametrize("system", ["urn:ietf:rfc:3986", "urn:dietf:rfc:3986"])
 def test_uri_identifier_systems_are_read_leniently(system: str) -> None:
-    order = mapping.order_from_imaging_study(imaging_study(identifier=[{"system": system, "value": f"urn:oid:{UID}"}]))
+    order = inbound.order_from_imaging_study(imaging_study(identifier=[{"system": system, "value": f"urn:oid:{UID}"}]))
     assert order.study_instance_uid == UID
 
 
 def test_missing_study_uid_points_at_the_identifiers() -> None:
-    error = refused(mapping.order_from_imaging_study, imaging_study(identifier=[{"system": "x", "value": "1"}]))
+    error = refused(inbound.order_from_imaging_study, imaging_study(identifier=[{"system": "x", "value": "1"}]))
     assert error.code is ErrorCode.INVALID_INPUT
     assert error.location == "ImagingStudy.identifier"
 
@@ -100,7 +100,7 @@ def test_missing_study_uid_points_at_the_identifiers() -> None:
 )
 def test_malformed_study_uid_points_at_the_value(value: str) -> None:
     error = refused(
-        mapping.order_from_imaging_study, imaging_study(identifier=[{"system": "urn:dicom:uid", "value": value}])
+        inbound.order_from_imaging_study, imaging_study(identifier=[{"system": "urn:dicom:uid", "value": value}])
     )
     assert error.code is ErrorCode.INVALID_INPUT
     assert error.location == "ImagingStudy.identifier[0].value"
@@ -111,19 +111,19 @@ def test_two_different_study_uids_are_refused() -> None:
         {"system": "urn:dicom:uid", "value": f"urn:oid:{UID}"},
         {"system": "urn:dicom:uid", "value": f"urn:oid:{OTHER_UID}"},
     ]
-    error = refused(mapping.order_from_imaging_study, imaging_study(identifier=identifiers))
+    error = refused(inbound.order_from_imaging_study, imaging_study(identifier=identifiers))
     assert error.location == "ImagingStudy.identifier"
 
 
 def test_wrong_resource_type_is_invalid_input() -> None:
-    error = refused(mapping.order_from_imaging_study, {"resourceType": "Patient", "id": "p1"})
+    error = refused(inbound.order_from_imaging_study, {"resourceType": "Patient", "id": "p1"})
     assert error.code is ErrorCode.INVALID_INPUT
     assert "expected a ImagingStudy" in error.detail and "'Patient'" in error.detail
 
 
 @pytest.mark.parametrize("payload", [[], "ImagingStudy", 7, None])
 def test_a_body_that_is_not_an_object_is_invalid_input(payload: Any) -> None:
-    assert refused(mapping.order_from_imaging_study, payload).code is ErrorCode.INVALID_INPUT
+    assert refused(inbound.order_from_imaging_study, payload).code is ErrorCode.INVALID_INPUT
 
 
 @pytest.mark.parametrize(
@@ -140,19 +140,19 @@ def test_a_body_that_is_not_an_object_is_invalid_input(payload: Any) -> None:
     ids=["wrong-type", "unknown-element", "missing-required", "bad-datetime"],
 )
 def test_structural_errors_carry_a_fhirpath_and_no_values(changes: dict[str, Any], location: str) -> None:
-    error = refused(mapping.order_from_imaging_study, imaging_study(**changes))
+    error = refused(inbound.order_from_imaging_study, imaging_study(**changes))
     assert error.code is ErrorCode.INVALID_INPUT
     assert error.location == location
     assert "Jane Doe" not in error.detail and "yesterday" not in error.detail
 
 
 def test_status_outside_the_value_set_is_invalid() -> None:
-    error = refused(mapping.order_from_imaging_study, imaging_study(status="done"))
+    error = refused(inbound.order_from_imaging_study, imaging_study(status="done"))
     assert (error.code, error.location) == (ErrorCode.INVALID_INPUT, "ImagingStudy.status")
 
 
 def test_cancelled_study_is_not_triaged() -> None:
-    error = refused(mapping.order_from_imaging_study, imaging_study(status="cancelled"))
+    error = refused(inbound.order_from_imaging_study, imaging_study(status="cancelled"))
     assert (error.code, error.location) == (ErrorCode.UNSUPPORTED, "ImagingStudy.status")
 
 
@@ -165,7 +165,7 @@ def test_cancelled_study_is_not_triaged() -> None:
     ],
 )
 def test_subject_becomes_the_patient_ref(subject: dict[str, Any], expected: str) -> None:
-    assert mapping.order_from_imaging_study(imaging_study(subject=subject)).patient_ref == expected
+    assert inbound.order_from_imaging_study(imaging_study(subject=subject)).patient_ref == expected
 
 
 @pytest.mark.parametrize(
@@ -178,12 +178,12 @@ def test_subject_becomes_the_patient_ref(subject: dict[str, Any], expected: str)
     ],
 )
 def test_subjects_that_are_not_a_nameable_patient_are_refused(subject: dict[str, Any], location: str) -> None:
-    error = refused(mapping.order_from_imaging_study, imaging_study(subject=subject))
+    error = refused(inbound.order_from_imaging_study, imaging_study(subject=subject))
     assert (error.code, error.location) == (ErrorCode.UNSUPPORTED, location)
 
 
 def test_subject_without_reference_or_identifier_is_invalid() -> None:
-    error = refused(mapping.order_from_imaging_study, imaging_study(subject={"display": "someone"}))
+    error = refused(inbound.order_from_imaging_study, imaging_study(subject={"display": "someone"}))
     assert (error.code, error.location) == (ErrorCode.INVALID_INPUT, "ImagingStudy.subject")
 
 
@@ -191,7 +191,7 @@ def test_subject_without_reference_or_identifier_is_invalid() -> None:
 
 
 def test_service_request_becomes_an_order() -> None:
-    order = mapping.order_from_service_request(service_request(priority="stat"))
+    order = inbound.order_from_service_request(service_request(priority="stat"))
     assert order.study_instance_uid == UID
     assert order.requested_priority is Priority.STAT
     assert order.source_key == "ServiceRequest/sr-1"
@@ -202,16 +202,16 @@ def test_service_request_becomes_an_order() -> None:
 
 
 def test_service_request_without_priority_is_routine() -> None:
-    assert mapping.order_from_service_request(service_request(priority=None)).requested_priority is Priority.ROUTINE
+    assert inbound.order_from_service_request(service_request(priority=None)).requested_priority is Priority.ROUTINE
 
 
 def test_service_request_study_uid_by_dicom_identifier_type() -> None:
     request = service_request(identifier=[{"type": DCM_STUDY_UID, "value": UID}])
-    assert mapping.order_from_service_request(request).study_instance_uid == UID
+    assert inbound.order_from_service_request(request).study_instance_uid == UID
 
 
 def test_service_request_without_id_is_keyed_by_its_placer_identifier() -> None:
-    order = mapping.order_from_service_request(service_request(id=None))
+    order = inbound.order_from_service_request(service_request(id=None))
     assert order.source_key == "ServiceRequest?identifier=urn:example:ehr|ORD-9"
     assert order.service_request_ref is None
 
@@ -230,13 +230,13 @@ def test_service_request_without_id_is_keyed_by_its_placer_identifier() -> None:
     ],
 )
 def test_service_request_problems_are_located(changes: dict[str, Any], code: ErrorCode, location: str) -> None:
-    error = refused(mapping.order_from_service_request, service_request(**changes))
+    error = refused(inbound.order_from_service_request, service_request(**changes))
     assert (error.code, error.location) == (code, location)
 
 
 def test_service_request_with_its_study_takes_the_uid_from_the_study() -> None:
     request = service_request(identifier=[{"type": PLAC, "system": "urn:example:ehr", "value": "ORD-9"}])
-    order = mapping.order_from_service_request(request, imaging_study())
+    order = inbound.order_from_service_request(request, imaging_study())
     assert order.study_instance_uid == UID
     assert order.imaging_study_ref == "ImagingStudy/is-1"
     assert order.service_request_ref == "ServiceRequest/sr-1"
@@ -246,10 +246,10 @@ def test_service_request_with_its_study_takes_the_uid_from_the_study() -> None:
 
 def test_service_request_and_study_must_agree_on_patient_and_uid() -> None:
     other_patient = imaging_study(subject={"reference": "Patient/p2"})
-    error = refused(mapping.order_from_service_request, service_request(), other_patient)
+    error = refused(inbound.order_from_service_request, service_request(), other_patient)
     assert (error.code, error.location) == (ErrorCode.INVALID_INPUT, "ImagingStudy.subject")
     other_uid = imaging_study(identifier=[{"system": "urn:dicom:uid", "value": f"urn:oid:{OTHER_UID}"}])
-    error = refused(mapping.order_from_service_request, service_request(), other_uid)
+    error = refused(inbound.order_from_service_request, service_request(), other_uid)
     assert (error.code, error.location) == (ErrorCode.INVALID_INPUT, "ImagingStudy.identifier")
 
 
@@ -273,7 +273,7 @@ SR_URN = "urn:uuid:6f1c2a44-3c1b-4d1e-9a55-0b7d3f2e9c10"
 def test_transaction_links_study_to_request_by_full_url() -> None:
     request = service_request(id=None, identifier=[{"type": PLAC, "system": "urn:example:ehr", "value": "ORD-9"}])
     study = imaging_study(basedOn=[{"reference": SR_URN}])
-    [found] = mapping.orders_from_transaction(transaction(post(request, SR_URN), post(study)))
+    [found] = inbound.orders_from_transaction(transaction(post(request, SR_URN), post(study)))
     assert found.entry_indexes == (0, 1)
     assert found.order.study_instance_uid == UID
     assert found.order.requested_priority is Priority.URGENT
@@ -285,14 +285,14 @@ def test_transaction_links_by_put_url_id() -> None:
     request = service_request(id=None, identifier=[])
     put = {"resource": request, "request": {"method": "PUT", "url": "ServiceRequest/sr-42"}}
     study = imaging_study(basedOn=[{"reference": "ServiceRequest/sr-42"}])
-    [found] = mapping.orders_from_transaction(transaction(post(study), put))
+    [found] = inbound.orders_from_transaction(transaction(post(study), put))
     assert found.entry_indexes == (0, 1)
     assert found.order.source_key == "ServiceRequest/sr-42"
 
 
 def test_unlinked_entries_are_separate_orders_in_entry_order() -> None:
     lone_study = imaging_study(id="is-9", identifier=[{"system": "urn:dicom:uid", "value": f"urn:oid:{OTHER_UID}"}])
-    found = mapping.orders_from_transaction(transaction(post(lone_study), post(service_request())))
+    found = inbound.orders_from_transaction(transaction(post(lone_study), post(service_request())))
     assert [f.entry_indexes for f in found] == [(0,), (1,)]
     assert [f.order.study_instance_uid for f in found] == [OTHER_UID, UID]
 
@@ -328,7 +328,7 @@ def test_unlinked_entries_are_separate_orders_in_entry_order() -> None:
     ids=["batch", "empty", "patient-entry", "delete", "no-request", "entry-without-uid", "entry-structure", "priority"],
 )
 def test_transaction_problems_are_located(bundle: dict[str, Any], code: ErrorCode, location: str) -> None:
-    error = refused(mapping.orders_from_transaction, bundle)
+    error = refused(inbound.orders_from_transaction, bundle)
     assert (error.code, error.location) == (code, location)
 
 
@@ -336,19 +336,19 @@ def test_two_studies_for_one_request_are_refused() -> None:
     first = imaging_study(basedOn=[{"reference": SR_URN}])
     second = imaging_study(id="is-2", basedOn=[{"reference": SR_URN}])
     error = refused(
-        mapping.orders_from_transaction, transaction(post(service_request(), SR_URN), post(first), post(second))
+        inbound.orders_from_transaction, transaction(post(service_request(), SR_URN), post(first), post(second))
     )
-    assert (error.code, error.location) == (ErrorCode.UNSUPPORTED, "Bundle.entry[2].resource.basedOn")
+    assert (error.code, error.location) == (ErrorCode.UNSUPPORTED, "Bundle.entry[2].resource.basedOn[0]")
 
 
 def test_one_bad_entry_refuses_the_whole_transaction() -> None:
     good = post(imaging_study())
     bad = post(imaging_study(id="is-2", identifier=[]))
-    error = refused(mapping.orders_from_transaction, transaction(good, bad))
+    error = refused(inbound.orders_from_transaction, transaction(good, bad))
     assert error.location == "Bundle.entry[1].resource.identifier"
 
 
 def test_non_bundle_is_refused_as_a_transaction() -> None:
-    error = refused(mapping.orders_from_transaction, imaging_study())
+    error = refused(inbound.orders_from_transaction, imaging_study())
     assert error.code is ErrorCode.INVALID_INPUT
     assert "expected a Bundle" in error.detail
