@@ -14,10 +14,13 @@ from .app.config import load_settings, load_settings_with_sources
 
 
 def _setup_logging(verbose: bool) -> None:
+    from .compliance.phi import quiet_third_party_loggers
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_third_party_loggers()  # they log UIDs and URLs at INFO, even with -v
 
 
 class _Commands(click.Group):
@@ -204,9 +207,12 @@ def _register_command_groups() -> None:
     from .app.process_commands import api_command, worker_command
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
+    from .model.site_cli import shadow_command, validate_site_command
     from .monitoring.cli_commands import monitor_group
     from .web.cli_commands import users_group
 
+    model_group.add_command(shadow_command)  # issue 10, site acceptance: radtriage/model/site_cli.py
+    model_group.add_command(validate_site_command)
     for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group, jobs_group):
         main.add_command(command)
     for command in (api_command, worker_command):  # the scaled-out processes (radtriage/app/process_commands.py)

@@ -55,8 +55,11 @@ class Settings:
     min_image_side_px: int = 256
     #: Shadow mode (issue 10): "on" scores, stores and shows results but never raises a priority or sends a
     #: priority update; "off" acts on the model; "auto" is shadow until a site validation is recorded for the
-    #: active model. Tests that assert a raised priority set "off" explicitly.
-    shadow_mode: str = "off"
+    #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
+    shadow_mode: str = "auto"
+    #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
+    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    site_drift_action: str = "alert"
     #: "inline" (in-process worker threads) is the embedded default; "celery" publishes job ids to a broker
     #: (broker_url) for `radtriage worker` processes.
     queue: str = "inline"
@@ -157,6 +160,12 @@ class Settings:
     hl7_retry_max: float = 300.0
     #: Site overrides of the priority mapping table (TOML; see radtriage/hl7/priority_map.py); empty: default.
     priority_map: str = ""
+    # --- CDS Hooks (radtriage.cds; docs/cds-hooks.md) ---
+    #: JSON registry of the EHRs allowed to call the CDS services (iss, public keys, jku, fhir_servers). With
+    #: auth_required, a call without a JWT from one of them is refused; without auth_required nothing is checked.
+    cds_clients: str = ""
+    #: Days within which a patient's triage results count as recent (patient-view cards, order-sign suggestion).
+    cds_lookback_days: int = 30
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -192,6 +201,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mllp_max_connections": (lambda v: v >= 1, "a whole number of at least 1"),
     "mllp_max_message_bytes": (lambda v: v >= 1, "a whole number of at least 1"),
     "auth_token_lifetime": (lambda v: 1 <= v <= 86400, "seconds, from 1 to 86400"),
+    "cds_lookback_days": (lambda v: 1 <= v <= 3650, "days, from 1 to 3650"),
     "retention_days": (lambda v: v >= 0, "a whole number of days, 0 for keep forever"),
     "web_session_idle_minutes": (lambda v: v >= 1, "a whole number of at least 1"),
     "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),

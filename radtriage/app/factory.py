@@ -16,15 +16,14 @@ from .retry import RetryPlanner, RetryPolicy, RetryScheduler
 from .storage import SqlOrderStore, create_database_engine, migrate
 
 if TYPE_CHECKING:
-    from .celery_queue import CeleryJobQueue
-
-if TYPE_CHECKING:
-    from flask import Flask
+    from flask import Blueprint, Flask
     from sqlalchemy import Engine
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
+    from .celery_queue import CeleryJobQueue
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,8 @@ class Components:
     monitoring: Monitoring | None = None
     #: Automatic retries of retryable failures (radtriage.app.retry); runs where the workers run.
     retries: RetryScheduler | None = None
+    #: Shadow mode: whether the model's priorities are acted on (issue 10; `radtriage.monitoring.site_gate`).
+    gate: SiteGate | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -55,6 +56,7 @@ class Components:
             # processes recover unfinished jobs (sweeper, by lease) and run the automatic retries.
             return
         self._warn_findings_not_assessed()
+        self._announce_shadow_mode()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
@@ -92,6 +94,23 @@ class Components:
                 },
             )
         )
+
+    def _announce_shadow_mode(self) -> None:
+        """Say at start-up whether the model's priorities are acted on; an explicit setting is audited."""
+        from ..monitoring.site_gate import audit_setting_override
+
+        audit_setting_override(self.settings.shadow_mode, self.audit)
+        if self.gate is None:
+            return
+        try:
+            model = self.service.scorer.identity
+        except Exception:  # reported by _warn_findings_not_assessed already
+            return
+        reason = self.gate(model)
+        if reason is not None:
+            log.warning("SHADOW MODE (%s): results are recorded and shown; no priority is raised or sent", reason)
+        else:
+            log.info("shadow mode off: the model's priorities are acted on")
 
     def close(self) -> None:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord
@@ -205,6 +224,23 @@ def build_job_queue(settings: Settings, store: SqlOrderStore) -> InlineJobQueue 
     raise ValueError(f"unknown queue {settings.queue!r} (inline or celery)")
 
 
+def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
+    """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
+    from ..monitoring.drift import AlertSink
+    from ..monitoring.site_drift import SiteDrift
+    from ..monitoring.site_gate import SiteAcceptance, SiteGate
+
+    acceptance = SiteAcceptance(engine, audit)
+    drift = SiteDrift(
+        engine,
+        acceptance,
+        psi_limit=settings.drift_psi_alert,
+        min_cases=settings.drift_min_cases,
+        alerts=AlertSink(engine, settings.alert_webhook),
+    )
+    return SiteGate(acceptance, settings.shadow_mode, drift_action=settings.site_drift_action, drift=drift)
+
+
 def build_components(
     settings: Settings | None = None,
     *,
@@ -227,6 +263,7 @@ def build_components(
     retry_planner = RetryPlanner(engine, retry_policy(settings), clock, audit)
     store = SqlOrderStore(engine, audit=audit, hooks=[retry_planner])
     queue = build_job_queue(settings, store)
+    gate = build_site_gate(settings, engine, audit)
     service = TriageService(
         store=store,
         queue=queue,
@@ -236,6 +273,7 @@ def build_components(
         # Records what the model sees (input drift) and applies locally recalibrated thresholds.
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
         clock=clock,
+        shadow=gate,
         lease_s=settings.job_lease,
     )
     queue.bind(service.run_job, service.explain_job)
@@ -248,9 +286,45 @@ def build_components(
         audit,
         build_access_control(settings, engine, audit),
         retries=RetryScheduler(retry_planner, service, interval=settings.retry_poll_interval),
+        gate=gate,
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components
+
+
+def related_interfaces(settings: Settings) -> list[str]:
+    """What the FHIR CapabilityStatement says about the service's other standard interfaces."""
+    base = settings.base_url.rstrip("/")
+    return [
+        f"CDS Hooks 2.0 services (patient-view, order-sign) are discovered at {base}/cds-services; calls carry "
+        "the EHR's signed JWT (docs/cds-hooks.md)."
+    ]
+
+
+def build_cds_door(components: Components) -> Blueprint:
+    """The CDS Hooks door; JWTs of registered EHRs are required whenever the FHIR API requires tokens."""
+    from ..cds.api import cds_blueprint
+    from ..cds.auth import CdsClientAuth, CdsClientRegistry
+    from ..cds.ehr_fhir import fetch_patient
+    from ..compliance.auth import SqlJtiCache
+    from .storage.cds_store import SqlCdsRecords
+
+    settings = components.settings
+    auth = None
+    if settings.auth_required:
+        registry = CdsClientRegistry.from_file(settings.cds_clients) if settings.cds_clients else CdsClientRegistry([])
+        auth = CdsClientAuth(registry, SqlJtiCache(components.engine))
+    else:
+        log.warning("CDS Hooks: no JWT is checked (auth_required is off; development mode)")
+    return cds_blueprint(
+        components.service,
+        audit=components.audit,
+        records=SqlCdsRecords(components.engine),
+        auth=auth,
+        lookback_days=settings.cds_lookback_days,
+        base_url=settings.base_url.rstrip("/") or None,
+        fetch_patient=fetch_patient,
+    )
 
 
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
@@ -280,8 +354,10 @@ def create_app(settings: Settings | None = None, components: Components | None =
         find_draft=monitoring.drafts,
         receive_final_report=monitoring.fhir_report_receiver(),
         resources=SqlFhirResourceStore(components.engine),
+        related=related_interfaces(components.settings),
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
+    app.register_blueprint(build_cds_door(components), url_prefix="/cds-services")
     app.register_blueprint(monitoring_blueprint(monitoring))
     app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app

@@ -39,6 +39,7 @@ from ..app.core.ports import Clock
 from ..app.core.service import SystemClock
 from ..app.storage.database import as_utc as _utc
 from ..app.storage.messaging_tables import hl7_outbox
+from ..compliance.phi import log_value
 from . import er7
 from .mapping import CHARACTER_SETS, SOURCE
 from .mllp import MLLPClient, MLLPNoAnswer
@@ -242,6 +243,10 @@ class HL7ResultPublisher:
 
     def publish(self, order: ImagingOrder, result: TriageResult) -> None:
         if order.source not in self.options.sources or order.id is None:
+            return
+        if result.shadow:
+            # Shadow mode: the RIS hears nothing from a model this site has not validated (issue 10).
+            log.info("HL7 outbox: job %s is in shadow mode; no priority update sent", result.job_id)
             return
         now = self.clock.now()
         context = order_identity(order, self.contexts.get_context(order.id))
@@ -455,11 +460,11 @@ class OutboxSender:
             log.info("HL7 outbox message %d (job %s) accepted by the RIS", message.id, message.job_id)
         elif outcome is AckOutcome.ERROR:
             self.store.park(message.id, now, description)
-            what = f"parked: the RIS answered {description}"
+            what = f"parked: the RIS answered {log_value(description, 200)}"
             log.warning("HL7 outbox message %d (job %s) %s", message.id, message.job_id, what)
         else:
             delay = self.backoff(message.attempts + 1)
             self.store.retry_later(message.id, now, now + timedelta(seconds=delay), description)
-            what = f"not delivered ({description}); next try in {delay:.0f} s"
+            what = f"not delivered ({log_value(description, 200)}); next try in {delay:.0f} s"
             log.warning("HL7 outbox message %d (job %s) %s", message.id, message.job_id, what)
         return outcome

@@ -1,14 +1,14 @@
 """jobs: when the job's id was last handed to the broker, and at which priority (the Celery queue's sweeper)
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0007b
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0007b"
 branch_labels = None
 depends_on = None
 
