@@ -122,6 +122,12 @@ class Settings:
     mllp_idle_timeout: float = 300.0
     mllp_read_timeout: float = 30.0
     mllp_max_connections: int = 64
+    #: Seconds a new MLLP connection may take to send its first byte; connections one peer address may hold; peer
+    #: addresses or networks (e.g. the RIS) for which `mllp_reserved_connections` slots are kept free of others.
+    mllp_first_byte_timeout: float = 10.0
+    mllp_max_connections_per_peer: int = 8
+    mllp_reserved_peers: str = ""
+    mllp_reserved_connections: int = 8
     #: Peer addresses or networks allowed to connect, comma-separated ("10.1.0.0/16,192.0.2.7"); empty: any.
     mllp_allowed_peers: str = ""
     #: TLS for the listener (PEM files); with a client CA, clients must present a certificate it signed.
@@ -197,6 +203,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),
     "min_image_side_px": (lambda v: v >= 1, "a whole number of at least 1"),
     "drift_min_cases": (lambda v: v >= 1, "a whole number of at least 1"),
+    "mllp_first_byte_timeout": (lambda v: v > 0, _POSITIVE),
+    "mllp_max_connections_per_peer": (lambda v: v >= 0, "a whole number, 0 for no per-peer limit"),
+    "mllp_reserved_connections": (lambda v: v >= 0, "a whole number, at least 0"),
     # HTTP server limits (issue 15; radtriage.app.http_server)
     "http_threads": (lambda v: v >= 1, "a whole number of at least 1"),
     "http_connection_limit": (lambda v: v >= 1, "a whole number of at least 1"),
