@@ -208,9 +208,12 @@ def _register_command_groups() -> None:
     from .app.job_commands import jobs_group
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
+    from .model.site_cli import shadow_command, validate_site_command
     from .monitoring.cli_commands import monitor_group
     from .web.cli_commands import users_group
 
+    model_group.add_command(shadow_command)  # issue 10, site acceptance: radtriage/model/site_cli.py
+    model_group.add_command(validate_site_command)
     for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group, jobs_group):
         main.add_command(command)
     _register_operator_commands()

@@ -55,8 +55,11 @@ class Settings:
     min_image_side_px: int = 256
     #: Shadow mode (issue 10): "on" scores, stores and shows results but never raises a priority or sends a
     #: priority update; "off" acts on the model; "auto" is shadow until a site validation is recorded for the
-    #: active model. Tests that assert a raised priority set "off" explicitly.
-    shadow_mode: str = "off"
+    #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
+    shadow_mode: str = "auto"
+    #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
+    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    site_drift_action: str = "alert"
     #: "inline" (in-process worker threads) is the embedded default.
     queue: str = "inline"
     workers: int = 1

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Components:
     monitoring: Monitoring | None = None
     #: Automatic retries of retryable failures (radtriage.app.retry); runs where the workers run.
     retries: RetryScheduler | None = None
+    #: Shadow mode: whether the model's priorities are acted on (issue 10; `radtriage.monitoring.site_gate`).
+    gate: SiteGate | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -47,6 +50,7 @@ class Components:
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
         self._warn_findings_not_assessed()
+        self._announce_shadow_mode()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
@@ -84,6 +88,23 @@ class Components:
                 },
             )
         )
+
+    def _announce_shadow_mode(self) -> None:
+        """Say at start-up whether the model's priorities are acted on; an explicit setting is audited."""
+        from ..monitoring.site_gate import audit_setting_override
+
+        audit_setting_override(self.settings.shadow_mode, self.audit)
+        if self.gate is None:
+            return
+        try:
+            model = self.service.scorer.identity
+        except Exception:  # reported by _warn_findings_not_assessed already
+            return
+        reason = self.gate(model)
+        if reason is not None:
+            log.warning("SHADOW MODE (%s): results are recorded and shown; no priority is raised or sent", reason)
+        else:
+            log.info("shadow mode off: the model's priorities are acted on")
 
     def close(self) -> None:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord
@@ -184,6 +205,13 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
     )
 
 
+def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
+    """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
+    from ..monitoring.site_gate import SiteAcceptance, SiteGate
+
+    return SiteGate(SiteAcceptance(engine, audit), settings.shadow_mode, drift_action=settings.site_drift_action)
+
+
 def build_components(
     settings: Settings | None = None,
     *,
@@ -206,6 +234,7 @@ def build_components(
     retry_planner = RetryPlanner(engine, retry_policy(settings), clock, audit)
     store = SqlOrderStore(engine, audit=audit, hooks=[retry_planner])
     queue = InlineJobQueue(settings.workers)
+    gate = build_site_gate(settings, engine, audit)
     service = TriageService(
         store=store,
         queue=queue,
@@ -215,6 +244,7 @@ def build_components(
         # Records what the model sees (input drift) and applies locally recalibrated thresholds.
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
         clock=clock,
+        shadow=gate,
     )
     queue.bind(service.run_job)
     components = Components(
@@ -226,6 +256,7 @@ def build_components(
         audit,
         build_access_control(settings, engine, audit),
         retries=RetryScheduler(retry_planner, service, interval=settings.retry_poll_interval),
+        gate=gate,
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components

@@ -159,11 +159,22 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
             task["output"].append(
                 {"type": _triage_concept("priority-reason", "Why this priority"), "valueString": result.priority_reason}
             )
+        if result.shadow and result.model_priority is not None:
+            # Task.priority stays the order's; what the model would have set is an output, never the priority.
+            task["output"].append(
+                {
+                    "type": _triage_concept("shadow-model-priority", "Priority the model would have set (shadow mode)"),
+                    "valueCode": result.model_priority.code,
+                }
+            )
     if result is not None:
         # The model decided the Task's priority and produced its output (R4 Task.owner may be a Device).
         task["owner"] = device_reference(result.model)
-        if result.model.placeholder:
-            task["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
+        notes = [UNTRAINED_PLACEHOLDER_WARNING] if result.model.placeholder else []
+        if result.shadow:
+            notes.append(shadow_note(result))
+        if notes:
+            task["note"] = [{"text": text} for text in notes]
     return _dump(Task, task)
 
 
@@ -233,9 +244,21 @@ def diagnostic_report(
     return _dump(DiagnosticReport, report)
 
 
+def shadow_note(result: TriageResult) -> str:
+    """What shadow mode means for this result, in one sentence a reader of the Task or report can act on."""
+    would = result.model_priority.code.upper() if result.model_priority is not None else "(unknown)"
+    return (
+        f"SHADOW MODE: the model would have set priority {would}; the order keeps priority "
+        f"{result.priority.code.upper()} and no priority update was sent. The model's priorities are not acted "
+        "on at this site until a site validation is recorded (or an operator switches shadow mode off)."
+    )
+
+
 def conclusion(result: TriageResult) -> str:
     """The report's conclusion: placeholder warning first, then the priority, then the positive findings."""
     lines = [UNTRAINED_PLACEHOLDER_WARNING] if result.model.placeholder else []
+    if result.shadow:
+        lines.append(shadow_note(result))
     reason = f" ({result.priority_reason})" if result.priority_reason else ""
     lines.append(f"Triage priority: {result.priority.code.upper()}{reason}.")
     positives = result.positive_findings

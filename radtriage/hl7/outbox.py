@@ -244,6 +244,10 @@ class HL7ResultPublisher:
     def publish(self, order: ImagingOrder, result: TriageResult) -> None:
         if order.source not in self.options.sources or order.id is None:
             return
+        if result.shadow:
+            # Shadow mode: the RIS hears nothing from a model this site has not validated (issue 10).
+            log.info("HL7 outbox: job %s is in shadow mode; no priority update sent", result.job_id)
+            return
         now = self.clock.now()
         context = order_identity(order, self.contexts.get_context(order.id))
         # Never lower the priority the order arrived with (the core ensures it too; this is the last door out).

@@ -56,6 +56,7 @@ def test_an_hl7_order_is_triaged_and_the_ris_gets_the_priority(
         ris_host="127.0.0.1",
         ris_port=ris.port,
         workers=1,
+        shadow_mode="off",  # the RIS hears from the model only outside shadow mode (issue 10)
     )
     components.close()
     service = build_components(settings)
