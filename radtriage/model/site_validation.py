@@ -252,6 +252,8 @@ def validate_site(
         "sensitivity": _with_ci(lambda yy, ii: _sensitivity(yy, flagged[ii]), y, index, bootstrap, rng),
         "specificity": _with_ci(lambda yy, ii: _specificity(yy, flagged[ii]), y, index, bootstrap, rng),
         "ece": _with_ci(expected_calibration_error, y, p, bootstrap, rng),
+        # The site's own reference for drift (radtriage.monitoring.site_drift): abnormality scores in ten bins.
+        "score_histogram": np.histogram(p, bins=ECE_BINS, range=(0.0, 1.0))[0].astype(int).tolist(),
         "recommended_operating_points": recommended_operating_points(
             y, p, sorted({target_sensitivity, *TARGET_SENSITIVITIES})
         ),

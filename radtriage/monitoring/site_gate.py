@@ -219,7 +219,8 @@ class SiteGate:
             return None
         override = self.acceptance.latest_override(model.sha256)
         if override is not None and override.mode == "on":
-            return f"operator override by {override.recorded_by or 'an operator'}: {override.reason}"
+            # The operator's free-text reason stays in the audit trail, out of clinical results.
+            return f"operator override by {override.recorded_by or 'an operator'} on {override.recorded_at:%Y-%m-%d}"
         drifting = self._drift_reason(model)
         if drifting is not None:
             return drifting
@@ -230,12 +231,15 @@ class SiteGate:
         return None
 
     def _drift_reason(self, model: ModelIdentity) -> str | None:
-        if self.drift_action != "shadow" or self.drift is None:
+        """Runs the drift check (which raises the alert) under either action; only "shadow" acts on it."""
+        if self.drift is None:
             return None
         try:
             found = self.drift(model)
         except Exception:  # a failing drift check must not switch the site's behaviour either way
             log.exception("the site drift check failed; shadow mode is decided without it")
+            return None
+        if self.drift_action != "shadow":
             return None
         self._note_drift_change(model, found)
         return None if found is None else f"site drift fallback: {found}"

@@ -80,12 +80,12 @@ def web_audit_context(user: WebUser) -> AuditContext:
     )
 
 
-def _wants_json() -> bool:
+def wants_json() -> bool:
     return request.path.endswith(".json") or request.accept_mimetypes.best == "application/json"
 
 
 def _signed_out(reason: str) -> Response:
-    if _wants_json():
+    if wants_json():
         response = jsonify({"error": reason, "message": _REASONS[reason]})
         response.status_code = 401
         return response

@@ -18,7 +18,6 @@ import re
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..app.core.domain import FindingScore, ImagingOrder, Job, Priority, TriageResult
-from ..app.core.errors import ErrorCode, TriageError, waiting_text
+from ..app.core.errors import ErrorCode, TriageError
 from ..compliance.audit import (
     ACCOUNT_LOCKED,
     AUDIT_READ,
@@ -39,15 +38,19 @@ from ..compliance.audit import (
     LOGOUT,
     RESULT_READ,
     SIGN_IN_THROTTLED,
+    STUDY_CLAIMED,
+    STUDY_MARKED_READ,
     AuditOutcome,
     AuditRecord,
 )
-from ..compliance.audit_store import AuditQueryError, StoredAuditEvent
+from ..compliance.audit_store import AuditQueryError
 from ..compliance.export import ExportFormat, build_filter, export_audit, verify_export
 from .accounts import Refusal, SessionStore, SignInGuard
-from .imaging import PictureUnavailable, StudyPictures
+from .audit_rows import ACTION_NAMES, AuditRow
+from .imaging import PictureUnavailable, StudyPictures, heatmap_palette
 from .markdown import render_markdown
-from .queries import FAILURE_TEXT, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .queries import FAILURE_TEXT, SORTS, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .reading import ReadingLog, ReadingRefused
 from .sessions import (
     WEB_CLIENT_ID,
     csrf_ok,
@@ -57,10 +60,12 @@ from .sessions import (
     require_page,
     session_user,
     start_session,
+    wants_json,
     web_audit_context,
 )
 from .settings import WebSettings
-from .users import UserDirectory
+from .users import UserDirectory, WebRole
+from .worklist_rows import row_json, sort_links
 
 if TYPE_CHECKING:
     from ..app.factory import Components
@@ -70,6 +75,8 @@ log = logging.getLogger(__name__)
 PRIORITY_ORDER = (Priority.STAT, Priority.ASAP, Priority.URGENT, Priority.ROUTINE)
 #: Largest audit export a compliance officer may upload for verification through the page.
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: Audit records per page of compliance search results.
+AUDIT_PAGE = 100
 #: How often the worklist asks for changes, in milliseconds.
 POLL_INTERVAL_MS = 4000
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -127,44 +134,6 @@ def _parse_status(text: str) -> Status | None:
         return None
 
 
-@dataclass(frozen=True)
-class AuditRow:
-    """One audit record as the pages show it (who, what, outcome), read from its stored AuditEvent."""
-
-    id: int
-    recorded: datetime
-    kind: str
-    kind_display: str
-    action: str
-    outcome: int
-    client_id: str | None
-    user_id: str | None
-    patient_ref: str | None
-    description: str | None
-
-    @classmethod
-    def of(cls, event: StoredAuditEvent) -> AuditRow:
-        resource = event.resource()
-        user = None
-        for agent in resource.get("agent", []):
-            identifier = agent.get("who", {}).get("identifier", {})
-            if identifier.get("system", "").endswith("user-id") or "user" in identifier.get("system", ""):
-                user = identifier.get("value")
-        kind = EVENT_KINDS.get(event.kind or "")
-        return cls(
-            id=event.id,
-            recorded=event.recorded,
-            kind=event.kind or "",
-            kind_display=kind.display if kind else (event.kind or ""),
-            action=event.action,
-            outcome=event.outcome,
-            client_id=event.client_id,
-            user_id=user,
-            patient_ref=event.patient_ref,
-            description=resource.get("outcomeDesc"),
-        )
-
-
 OUTCOME_TEXT = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
 
@@ -198,6 +167,7 @@ def web_blueprint(
     store = components.store
     sessions = SessionStore(components.engine)
     guard = SignInGuard(components.engine)
+    reading = ReadingLog(components.engine)
     bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
 
     @bp.record_once
@@ -391,38 +361,26 @@ def web_blueprint(
     # ------------------------------------------------------------------ worklist
 
     def _query() -> WorklistQuery:
+        sort = request.args.get("sort", "priority")
         return WorklistQuery(
             status=_parse_status(request.args.get("status", "")),
             priority=_parse_priority(request.args.get("priority", "")),
             search=request.args.get("q", "")[:64],
             flagged_only=request.args.get("flagged") == "1",
+            include_read=request.args.get("read") == "1",
+            sort=sort if sort in SORTS else "priority",
+            descending=request.args.get("dir") == "desc",
         )
 
     def _row_json(row: WorklistRow, now: datetime) -> dict[str, Any]:
-        return {
-            "id": row.job_id,
-            "url": url_for("web.study_page", job_id=row.job_id),
-            "priority": row.priority.code,
-            "raised": row.priority > row.requested_priority,
-            "status": row.status.value,
-            "status_label": row.status.label,
-            "reason": failure_text(row.failure_code) if row.status is Status.NOT_ANALYSED else None,
-            "patient": masked_patient(row.patient_ref, secret),
-            "accession": row.accession_number or "",
-            "received_at": row.received_at.isoformat(),
-            "waiting": human_duration(row.waiting_seconds(row.finished_at or now)),
-            "waiting_s": row.waiting_seconds(row.finished_at or now),
-            "findings": [_finding_json(f) for f in row.positive_findings],
-            "scored": bool(row.findings),
-            "placeholder": row.placeholder_model,
-            # A retryable failure that will be tried again (radtriage.app.retry) says so, with the time.
-            "retry_at": row.next_attempt_at.isoformat(timespec="seconds") if row.next_attempt_at else None,
-            **(
-                {"reason": f"{waiting_text(row.failure_code)}, next try {row.next_attempt_at:%H:%M} UTC"}
-                if row.next_attempt_at
-                else {}
-            ),
-        }
+        return row_json(
+            row,
+            now,
+            url=url_for,
+            patient=masked_patient(row.patient_ref, secret),
+            header=pictures.header(row.study_instance_uid),
+            human_duration=human_duration,
+        )
 
     def _audit_worklist(rows: list[WorklistRow]) -> None:
         """One record per distinct list shown to this session (see the module docstring)."""
@@ -435,7 +393,7 @@ def web_blueprint(
                 interaction="search-type",
                 entities=tuple(f"Task/{r.job_id}" for r in rows),
                 query=request.full_path if request.query_string else request.path,
-                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked"},
+                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked", "thumbnails": "shown"},
             )
         )
         session["worklist_audited"] = shown
@@ -455,6 +413,8 @@ def web_blueprint(
             statuses=list(Status),
             priorities=PRIORITY_ORDER,
             poll_ms=POLL_INTERVAL_MS,
+            sorts=sort_links(query, request.args.to_dict(), url_for),
+            back=request.full_path if request.query_string else request.path,
         )
 
     @bp.route("/worklist.json", methods=["GET"])
@@ -463,7 +423,60 @@ def web_blueprint(
         rows, total = worklist(components.engine, _query())
         _audit_worklist(rows)
         now = datetime.now(UTC)
-        return jsonify({"total": total, "rows": [_row_json(r, now) for r in rows], "at": now.isoformat()})
+        shown = [_row_json(r, now) for r in rows]
+        back = request.args.get("back", "")
+        html = render_template("_worklist_rows.html", rows=shown, back=_safe_next(back) or url_for("web.worklist_page"))
+        return jsonify({"total": total, "rows": shown, "html": html, "at": now.isoformat()})
+
+    @bp.route("/studies/<job_id>/thumb.png", methods=["GET"])
+    @page("worklist")
+    def study_thumbnail(job_id: str) -> Any:
+        """The worklist's small picture; covered by the worklist's own audit record ("thumbnails": "shown")."""
+        _job, order, result = _load(job_id)
+        try:
+            png = pictures.thumbnail(order, result)
+        except PictureUnavailable as error:
+            return jsonify({"error": "image-unavailable", "message": error.message}), error.status
+        response = send_file(_bytes(png), mimetype="image/png", max_age=0)
+        response.headers["Cache-Control"] = "private, max-age=600"
+        return response
+
+    @bp.route("/studies/<job_id>/reading", methods=["POST"])
+    @page("study")
+    def study_reading(job_id: str) -> Any:
+        """Claim, release, mark read or unread (form field ``action``); audited; back to ``next``."""
+        job, order, _result = _load(job_id)
+        user = current_user()
+        assert user is not None  # require_page guarantees it
+        action = request.form.get("action", "")
+        admin = user.role is WebRole.ADMIN
+        try:
+            change: Callable[[], object] = {
+                "claim": lambda: reading.claim(job.id, user.username),
+                "release": lambda: reading.release(job.id, user.username, may_release_others=admin),
+                "read": lambda: reading.mark_read(job.id, user.username),
+                "unread": lambda: reading.mark_unread(job.id),
+            }[action]
+        except KeyError:
+            return render_message("Not understood", "Choose claim, release, read or unread.", status=400)
+        try:
+            change()
+        except ReadingRefused as refused:
+            if wants_json():
+                return jsonify({"error": "refused", "message": f"This study is {refused}."}), 409
+            back = url_for("web.worklist_page")
+            return render_message("Not changed", f"This study is {refused}.", status=409, back=back)
+        audit.record(
+            AuditRecord.in_context(
+                STUDY_MARKED_READ if action in ("read", "unread") else STUDY_CLAIMED,
+                entities=(f"Task/{job.id}",),
+                patient_ref=order.patient_ref,
+                details={"action": action},
+            )
+        )
+        if wants_json():
+            return jsonify({"ok": True, "action": action})
+        return redirect(_safe_next(request.form.get("next", "")) or url_for("web.study_page", job_id=job.id))
 
     @bp.route("/studies/<job_id>/patient.json", methods=["POST"])
     @page("study")
@@ -511,9 +524,11 @@ def web_blueprint(
         _audit_read(job, order, "study")
         status = Status.of(job.state)
         findings = sorted(result.findings, key=lambda f: (not f.positive, -f.probability)) if result else []
+        positive = [f for f in findings if f.positive]
         draft = draft_report(job.id) if draft_report else None
         now = datetime.now(UTC)
         received = order.received_at or now
+        taken = reading.get(job.id)
         return render_template(
             "study.html",
             job=job,
@@ -522,14 +537,18 @@ def web_blueprint(
             status=status,
             reason=failure_text(job.failure_code) if status is Status.NOT_ANALYSED else None,
             findings=findings,
-            positive=[f for f in findings if f.positive],
+            positive=positive,
+            palette=heatmap_palette([f.label for f in positive]),
+            not_assessed=result.not_assessed if result else (),
             draft=draft,
             events=store.events(job.id),
             history=_study_history(job, order),
             patient=masked_patient(order.patient_ref, secret),
-            waited=human_duration(
-                ((job.updated_at if job.state.is_terminal and job.updated_at else now) - received).total_seconds()
-            ),
+            header=pictures.header(order.study_instance_uid),
+            reading=taken,
+            back=request.path,
+            waited=human_duration(((taken.waiting_ended_at or now) - received).total_seconds()),
+            waiting_over=taken.waiting_ended_at is not None,
         )
 
     @bp.route("/studies/<job_id>/image.png", methods=["GET"])
@@ -568,7 +587,7 @@ def web_blueprint(
     def _filter_fields(source: Any) -> dict[str, str]:
         fields = {
             name: (source.get(name) or "").strip()[:255]
-            for name in ("start", "end", "patient", "action", "kind", "client", "outcome")
+            for name in ("start", "end", "patient", "action", "kind", "client", "outcome", "user")
         }
         return fields
 
@@ -581,7 +600,7 @@ def web_blueprint(
         status: int = 200,
     ) -> Any:
         rows: list[AuditRow] = []
-        total = 0
+        total = offset = 0
         searched = any(fields.values()) or request.args.get("search") == "1"
         if searched and error is None:
             try:
@@ -590,7 +609,7 @@ def web_blueprint(
                 error = refused.detail or "The search could not be understood."
             else:
                 offset = max(0, _int(request.args.get("offset"), 0))
-                events, total = audit.search(audit_filter, offset=offset, limit=100)
+                events, total = audit.search(audit_filter, offset=offset, limit=AUDIT_PAGE)
                 rows = [AuditRow.of(e) for e in events]
                 audit.record(
                     AuditRecord.in_context(
@@ -612,7 +631,23 @@ def web_blueprint(
             error=error,
             verification=verification,
             formats=list(ExportFormat),
+            actions=ACTION_NAMES,
+            pages=_audit_pages(fields, offset, total),
         ), status
+
+    def _audit_pages(fields: dict[str, str], offset: int, total: int) -> dict[str, Any]:
+        """Newer/older links for results beyond one page (the newest come first)."""
+        params: dict[str, Any] = {"search": "1", **{k: v for k, v in fields.items() if v}}
+
+        def at(position: int) -> str:
+            return url_for("web.compliance_page", **(params | ({"offset": position} if position else {})))
+
+        return {
+            "first": offset + 1 if total else 0,
+            "last": min(total, offset + AUDIT_PAGE),
+            "newer": at(max(0, offset - AUDIT_PAGE)) if offset > 0 else None,
+            "older": at(offset + AUDIT_PAGE) if offset + AUDIT_PAGE < total else None,
+        }
 
     @bp.route("/compliance", methods=["GET"])
     @page("compliance")
@@ -741,8 +776,11 @@ def web_blueprint(
             evaluation = _evaluation_summary(active.path)
         ops = operations(components.engine)
         live_charts = _live_charts(components)
+        from ..monitoring.site_drift import site_status  # issue 10: shadow mode and site drift banners
+
         return render_template(
             "model.html",
+            site=site_status(components),
             live_charts=live_charts,
             models=registered,
             active=active,
