@@ -15,7 +15,7 @@ route                                   what                                    
 ``POST /DiagnosticReport``              a radiologist's final report (monitoring; only when  ``DiagnosticReport.c``
                                         the app passes `receive_final_report`) → ``201`` +
                                         an informational OperationOutcome
-``GET /Observation/<id>``               one finding                                          ``Observation.r``
+``GET /Observation/<id>``               a finding, a finding not assessed, the severity      ``Observation.r``
 ``GET /Provenance/<id>``, ``?target=``  who made a result (the model's Device), from what    ``Provenance.r/s``
 ``GET /Device/<id>``                    the model (name, version, weights' sha256)           ``Device.r``
 ``GET /Binary/heatmap-<job>-<n>``       a positive finding's heatmap (PNG, or FHIR Binary)   ``Binary.r``
