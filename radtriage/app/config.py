@@ -149,6 +149,12 @@ class Settings:
     hl7_retry_max: float = 300.0
     #: Site overrides of the priority mapping table (TOML; see radtriage/hl7/priority_map.py); empty: default.
     priority_map: str = ""
+    # --- CDS Hooks (radtriage.cds; docs/cds-hooks.md) ---
+    #: JSON registry of the EHRs allowed to call the CDS services (iss, public keys, jku, fhir_servers). With
+    #: auth_required, a call without a JWT from one of them is refused; without auth_required nothing is checked.
+    cds_clients: str = ""
+    #: Days within which a patient's triage results count as recent (patient-view cards, order-sign suggestion).
+    cds_lookback_days: int = 30
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -184,6 +190,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mllp_max_connections": (lambda v: v >= 1, "a whole number of at least 1"),
     "mllp_max_message_bytes": (lambda v: v >= 1, "a whole number of at least 1"),
     "auth_token_lifetime": (lambda v: 1 <= v <= 86400, "seconds, from 1 to 86400"),
+    "cds_lookback_days": (lambda v: 1 <= v <= 3650, "days, from 1 to 3650"),
     "retention_days": (lambda v: v >= 0, "a whole number of days, 0 for keep forever"),
     "web_session_idle_minutes": (lambda v: v >= 1, "a whole number of at least 1"),
     "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),

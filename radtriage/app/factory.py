@@ -16,7 +16,7 @@ from .retry import RetryPlanner, RetryPolicy, RetryScheduler
 from .storage import SqlOrderStore, create_database_engine, migrate
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from flask import Blueprint, Flask
     from sqlalchemy import Engine
 
     from ..compliance.audit_store import AuditLog
@@ -272,6 +272,41 @@ def build_components(
     return components
 
 
+def related_interfaces(settings: Settings) -> list[str]:
+    """What the FHIR CapabilityStatement says about the service's other standard interfaces."""
+    base = settings.base_url.rstrip("/")
+    return [
+        f"CDS Hooks 2.0 services (patient-view, order-sign) are discovered at {base}/cds-services; calls carry "
+        "the EHR's signed JWT (docs/cds-hooks.md)."
+    ]
+
+
+def build_cds_door(components: Components) -> Blueprint:
+    """The CDS Hooks door; JWTs of registered EHRs are required whenever the FHIR API requires tokens."""
+    from ..cds.api import cds_blueprint
+    from ..cds.auth import CdsClientAuth, CdsClientRegistry
+    from ..cds.ehr_fhir import fetch_patient
+    from ..compliance.auth import SqlJtiCache
+    from .storage.cds_store import SqlCdsRecords
+
+    settings = components.settings
+    auth = None
+    if settings.auth_required:
+        registry = CdsClientRegistry.from_file(settings.cds_clients) if settings.cds_clients else CdsClientRegistry([])
+        auth = CdsClientAuth(registry, SqlJtiCache(components.engine))
+    else:
+        log.warning("CDS Hooks: no JWT is checked (auth_required is off; development mode)")
+    return cds_blueprint(
+        components.service,
+        audit=components.audit,
+        records=SqlCdsRecords(components.engine),
+        auth=auth,
+        lookback_days=settings.cds_lookback_days,
+        base_url=settings.base_url.rstrip("/") or None,
+        fetch_patient=fetch_patient,
+    )
+
+
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
     """The WSGI application: the FHIR door, the monitoring endpoints and the web pages on one set of components."""
     from flask import Flask
@@ -299,8 +334,10 @@ def create_app(settings: Settings | None = None, components: Components | None =
         find_draft=monitoring.drafts,
         receive_final_report=monitoring.fhir_report_receiver(),
         resources=SqlFhirResourceStore(components.engine),
+        related=related_interfaces(components.settings),
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
+    app.register_blueprint(build_cds_door(components), url_prefix="/cds-services")
     app.register_blueprint(monitoring_blueprint(monitoring))
     app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app

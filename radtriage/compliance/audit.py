@@ -175,6 +175,10 @@ SITE_VALIDATION_RECORDED = _kind(
     "site-validation-recorded", "Site validation of the model recorded", codes.DCM_APPLICATION_ACTIVITY, A.CREATE,
     "internal",
 )  # fmt: skip
+# Issue 13: CDS Hooks (radtriage.cds). A hook call that returns a patient's results is a RESULT_READ.
+CDS_FEEDBACK = _kind(
+    "cds-feedback", "CDS Hooks card feedback received", codes.DCM_PATIENT_RECORD, A.CREATE, "inbound"
+)
 del A
 
 EVENT_KINDS: dict[str, EventKind] = {
@@ -189,6 +193,7 @@ EVENT_KINDS: dict[str, EventKind] = {
         RESULT_CREATED,
         PRIORITY_CHANGED,
         RESULT_READ,
+        CDS_FEEDBACK,
         MESSAGE_SENT,
         AUDIT_READ,
         AUDIT_EXPORTED,

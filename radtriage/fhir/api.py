@@ -15,7 +15,7 @@ route                                   what                                    
 ``POST /DiagnosticReport``              a radiologist's final report (monitoring; only when  ``DiagnosticReport.c``
                                         the app passes `receive_final_report`) → ``201`` +
                                         an informational OperationOutcome
-``GET /Observation/<id>``               one finding                                          ``Observation.r``
+``GET /Observation/<id>``               a finding, a finding not assessed, the severity      ``Observation.r``
 ``GET /Provenance/<id>``, ``?target=``  who made a result (the model's Device), from what    ``Provenance.r/s``
 ``GET /Device/<id>``                    the model (name, version, weights' sha256)           ``Device.r``
 ``GET /Binary/heatmap-<job>-<n>``       a positive finding's heatmap (PNG, or FHIR Binary)   ``Binary.r``
@@ -176,6 +176,7 @@ def fhir_blueprint(
     find_draft: Callable[[str], str | None] | None = None,
     receive_final_report: Callable[[Any], tuple[JsonObject, int]] | None = None,
     resources: FhirResourceStore | None = None,
+    related: Sequence[str] = (),
 ) -> Blueprint:
     """The FHIR door over `service`.
 
@@ -186,7 +187,8 @@ def fhir_blueprint(
     and `receive_final_report` takes radiologists' final reports (``POST /DiagnosticReport``); without them
     reports carry no draft and the route does not exist. `resources` keeps the ServiceRequests and
     ImagingStudies that orders came as, served at ``ServiceRequest/<id>`` and ``ImagingStudy/<id>``; without it
-    those routes do not exist.
+    those routes do not exist. `related` are sentences about the service's other interfaces for the
+    CapabilityStatement's documentation.
     """
     blueprint = Blueprint("fhir", __name__)
     prefixes: list[str] = []
@@ -600,6 +602,7 @@ def fhir_blueprint(
             base_url=fhir_base(),
             operations={AUDIT_EXPORT.name: AUDIT_EXPORT},
             security=security,
+            related=related,
         )
         return _fhir_response(statement)
 

@@ -219,7 +219,8 @@ class SiteGate:
             return None
         override = self.acceptance.latest_override(model.sha256)
         if override is not None and override.mode == "on":
-            return f"operator override by {override.recorded_by or 'an operator'}: {override.reason}"
+            # The operator's free-text reason stays in the audit trail, out of clinical results.
+            return f"operator override by {override.recorded_by or 'an operator'} on {override.recorded_at:%Y-%m-%d}"
         drifting = self._drift_reason(model)
         if drifting is not None:
             return drifting

@@ -87,6 +87,7 @@ def test_each_sender_gets_its_own_dialect_and_a_study_not_analysed_is_reported(
         ris_host="127.0.0.1",
         ris_port=ris.port,
         hl7_outbound_style="orm",  # the site default: an OMI sender must still get OMI back
+        shadow_mode="off",  # the test asserts the priority update itself
         workers=1,
     )
     components.close()

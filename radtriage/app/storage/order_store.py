@@ -314,6 +314,9 @@ class SqlOrderStore:
                 "model": f"{result.model.name} {result.model.version}",
                 "model-sha256": result.model.sha256,
                 "priority": result.priority.code,
+                # Shadow mode (issue 10): what the model would have set, kept for the compliance officer.
+                **({"shadow": "true", "model-priority": result.model_priority.code}
+                   if result.shadow and result.model_priority is not None else {}),
             }
             if result is not None
             else {}

@@ -136,7 +136,11 @@ def test_operator_overrides_are_explicit_and_audited(auto: Components, archive: 
     assert not triage(auto, archive[1], 2)[2].shadow
     site.record_override(model, "on", reason="RIS migration weekend", by="ops")
     auto.gate.forget()
-    assert "operator override by ops: RIS migration weekend" in triage(auto, archive[1], 3)[2].priority_reason
+    shadowed = triage(auto, archive[1], 3)
+    assert "operator override by ops on " in shadowed[2].priority_reason
+    assert "RIS migration" not in shadowed[2].priority_reason  # free text stays in the audit trail
+    scored = [a for a in audit_details(auto, "study-scored") if a.get("shadow") == "true"]
+    assert scored and scored[-1]["model-priority"] == "urgent" and scored[-1]["priority"] == "routine"
     site.record_override(model, "auto", reason="back to the rule", by="ops")
     auto.gate.forget()
     assert triage(auto, archive[1], 4)[2].shadow  # still no validation
