@@ -121,9 +121,8 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     "production") needs auth_required, auth_issuer, auth_signing_key, auth_clients, web_users and a
     web_secret_key of at least 32 characters.
     """
-    from waitress import serve as waitress_serve
-
     from .app.factory import build_components, create_app
+    from .app.http_server import create_http_server
     from .compliance.phi import install_phi_filter
     from .hl7.door import build_hl7_door
 
@@ -136,10 +135,13 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     components.start()
     hl7_door = build_hl7_door(components, settings)
     hl7_door.start()
-    logging.getLogger("radtriage").info("FHIR API on http://%s:%d/fhir", settings.host, settings.port)
+    # Bound before the log line, so a port in use fails the start; limits: radtriage/app/http_server.py.
+    server = create_http_server(app, settings)
+    logging.getLogger("radtriage").info("FHIR API on http://%s:%d/fhir", settings.host, int(server.effective_port))
     try:
-        waitress_serve(app, host=settings.host, port=settings.port, threads=8)
+        server.run()
     finally:
+        server.stop()
         hl7_door.stop()
         components.close()
 
@@ -223,10 +225,12 @@ def _register_command_groups() -> None:
 def _register_operator_commands() -> None:
     """Issue 14's commands for administrators: SMART clients, the settings (users are registered above)."""
     from .app.config_commands import config_group
+    from .app.importer import import_command
     from .compliance.client_commands import clients_group
 
     main.add_command(clients_group)
     main.add_command(config_group)
+    main.add_command(import_command)
 
 
 _register_command_groups()
