@@ -1,14 +1,14 @@
 """jobs: when the job's id was last handed to the broker, and at which priority (the Celery queue's sweeper)
 
 Revision ID: 0010
-Revises: 0007b
+Revises: 0007c
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0007b"
+down_revision = "0007c"
 branch_labels = None
 depends_on = None
 
