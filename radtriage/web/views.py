@@ -26,6 +26,7 @@ from flask import Blueprint, Flask, abort, jsonify, redirect, render_template, r
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from ..app.config import SettingsError
 from ..app.core.domain import FindingScore, ImagingOrder, Job, Priority, TriageResult
 from ..app.core.errors import ErrorCode, TriageError
 from ..compliance.audit import (
@@ -848,8 +849,10 @@ class _UserSource:
             if self._loaded is None or self._loaded[0] != mtime:
                 self._loaded = (mtime, UserDirectory.from_file(self._path))
         except (OSError, ValueError, KeyError, TypeError) as error:
-            if self._loaded is None:
-                raise ValueError(f"the web users file {self._path} cannot be read ({type(error).__name__})") from None
+            if self._loaded is None:  # at start-up: one line naming the setting, not a traceback
+                raise SettingsError(
+                    "web_users", "the users file", f"{self._path} cannot be read ({type(error).__name__})"
+                ) from None
             # Edited into a broken state while running: keep the last good list rather than lock everyone out.
             log.error("the web users file cannot be read (%s); keeping the previous users", type(error).__name__)
             return self._loaded[1]
