@@ -96,6 +96,8 @@ def _check_production(settings: object, sources: dict[str, str]) -> None:
     from .compliance.auth import InsecureConfiguration, check_production_secrets
     from .web.settings import WebSettings
 
+    if str(getattr(settings, "mode", "")).lower() != "production":
+        return
     problems = []
     for check in (check_production_secrets, lambda s: WebSettings.from_settings(s).checked_secret()):
         try:

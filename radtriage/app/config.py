@@ -119,7 +119,7 @@ class Settings:
     alert_webhook: str = ""
     recalibration_target_sensitivity: float = 0.9
     # --- Web pages (radtriage.web; docs/web.md) ---
-    #: Users file (JSON; scrypt hashes; `python -m radtriage.web.users add`) and the session signing secret.
+    #: Users file (JSON; scrypt hashes; `radtriage users add`) and the session signing secret.
     web_users: str = ""
     web_secret_key: str = ""
     web_session_idle_minutes: int = 30
