@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +33,7 @@ import pydicom
 import requests
 from pydicom.uid import generate_uid
 
-from radtriage.app.config import load_settings
+from radtriage.app.config import Settings, load_settings
 from radtriage.app.demo import FHIR_JSON, DemoStudy, imaging_study, running_service
 from radtriage.app.factory import model_scorer_factory
 from radtriage.imaging.dicomweb_source import DicomwebStudySource
@@ -161,12 +167,52 @@ def measure(bare: BarePath, service: ServicePath, uids: list[str], rounds: int):
     return bare_lat, service_lat, statistics.median(bare_rates), statistics.median(service_rates)
 
 
+@contextmanager
+def celery_stack(settings: Settings, tmp: Path) -> Iterator[str]:
+    """The scaled-out service on loopback: PostgreSQL and Redis (started here, as the tests do), the FHIR API in
+    this process publishing to Redis, and one `radtriage worker` process; yields the FHIR base URL."""
+    from tests.support.postgres import PostgresCluster, _pg_bin
+    from tests.support.redis import RedisServer
+
+    bindir, redis_binary = _pg_bin(), shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin")
+    if bindir is None or redis_binary is None:
+        raise SystemExit("--stack celery needs PostgreSQL and redis-server (scripts/bootstrap.sh --dev)")
+    postgres, redis = PostgresCluster(bindir), RedisServer(redis_binary)
+    postgres.start()
+    redis.start()
+    worker = None
+    try:
+        settings = replace(settings, database_url=postgres.new_database(), queue="celery", broker_url=redis.url)
+        shared = ("home", "database_url", "queue", "broker_url", "study_source", "dicomweb_url", "dicomweb_username",
+                  "dicomweb_password", "dicomweb_timeout", "dicomweb_attempts", "shadow_mode")  # fmt: skip
+        env = {**os.environ, **{f"RADTRIAGE_{name.upper()}": str(getattr(settings, name)) for name in shared}}
+        with open(tmp / "worker.log", "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "radtriage.cli", "worker", "--pool", "solo"], env=env, stdout=log, stderr=log
+            )
+        with running_service(settings) as base:
+            yield base
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        redis.remove()
+        postgres.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG chest X-rays")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (median reported)")
     parser.add_argument("--poll-ms", type=float, default=20.0, help="Task poll interval of the service client")
+    parser.add_argument(
+        "--stack",
+        choices=("embedded", "celery"),
+        default="embedded",
+        help="embedded: radtriage serve's shape (one process, in-process queue, SQLite); celery: the API with a "
+        "Celery queue, one `radtriage worker --pool solo` process, Redis and PostgreSQL, all on loopback",
+    )
     args = parser.parse_args(argv)
 
     studies, described = make_studies(args.studies, args.images)
@@ -188,14 +234,15 @@ def main(argv: list[str] | None = None) -> int:
                 orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password, timeout=30, attempts=1
             )
             scorer = model_scorer_factory(settings)()
-            with running_service(settings) as base:
+            stack = running_service(settings) if args.stack == "embedded" else celery_stack(settings, Path(tmp))
+            with stack as base:
                 bare_lat, service_lat, bare_rate, service_rate = measure(
                     BarePath(source, scorer), ServicePath(base, args.poll_ms / 1000), uids, args.rounds
                 )
         finally:
             orthanc.stop()
 
-    print(f"studies: {described}; model: {scorer.identity.name} {scorer.identity.version}")
+    print(f"stack: {args.stack}; studies: {described}; model: {scorer.identity.name} {scorer.identity.version}")
     print(f"{'path':<10} {'p50 s':>8} {'p95 s':>8} {'studies/s':>10}")
     for name, lat, rate in (("bare", bare_lat, bare_rate), ("service", service_lat, service_rate)):
         print(f"{name:<10} {statistics.median(lat):8.3f} {percentile(lat, 0.95):8.3f} {rate:10.2f}")
