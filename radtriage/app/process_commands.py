@@ -118,12 +118,14 @@ class WorkerService:
     help="Celery pool: prefork (one process per --concurrency), solo (this process), threads.",
 )
 @click.option(
-    "--no-sweeper", is_flag=True, help="Run neither the broker sweeper nor the automatic retries in this process."
+    "--no-sweeper",
+    is_flag=True,
+    help="Run none of the parent's duties here (broker sweeper, automatic retries, DICOM results sender).",
 )
 @click.pass_obj
 def worker_command(obj: dict[str, object], concurrency: int, queues: str, pool: str, no_sweeper: bool) -> None:
-    """Score studies: a Celery worker on the priority queues, the broker sweeper (radtriage.app.sweeper) and the
-    automatic retries of failed jobs (radtriage.app.retry)."""
+    """Score studies: a Celery worker on the priority queues, the broker sweeper (radtriage.app.sweeper), the
+    automatic retries of failed jobs (radtriage.app.retry) and, when on, the DICOM results sender."""
     from .celery_queue import CeleryJobQueue, celery_app
     from .factory import build_components
     from .sweeper import QueueSweeper
@@ -132,7 +134,8 @@ def worker_command(obj: dict[str, object], concurrency: int, queues: str, pool: 
     settings = _broker_settings(obj)
     queue_names = _parse_queues(queues)
     app = celery_app(settings, WorkerService(settings))
-    # This (parent) process publishes only: the sweeper and the retry scheduler; the pool's processes score.
+    # This (parent) process runs the duties that publish or send (sweeper, retries, DICOM results sender); the
+    # pool's processes score.
     duties = build_components(settings)
     sweeper = None
     if not no_sweeper:
@@ -147,6 +150,8 @@ def worker_command(obj: dict[str, object], concurrency: int, queues: str, pool: 
         sweeper.start()
         if duties.retries is not None:
             duties.retries.start()
+        if duties.dicom_results is not None:  # results into the PACS by STOW-RS, from the outbox the workers fill
+            duties.dicom_results.start()
     try:
         app.worker_main(
             [
