@@ -104,6 +104,9 @@ class Settings:
     drift_min_cases: int = 30
     #: Sensitivity ("any abnormality") below which an alert is raised; 0 = no floor.
     performance_floor_sensitivity: float = 0.0
+    #: File holding the bearer token (>= 32 characters) that metrics scrapers send to /metrics and
+    #: /monitoring/metrics.json; required there in production (radtriage.compliance.monitoring_access).
+    monitoring_token_file: str = ""
     #: URL that receives alerts as JSON (optional).
     alert_webhook: str = ""
     recalibration_target_sensitivity: float = 0.9
