@@ -222,10 +222,12 @@ def _register_command_groups() -> None:
 def _register_operator_commands() -> None:
     """Issue 14's commands for administrators: SMART clients, the settings (users are registered above)."""
     from .app.config_commands import config_group
+    from .app.importer import import_command
     from .compliance.client_commands import clients_group
 
     main.add_command(clients_group)
     main.add_command(config_group)
+    main.add_command(import_command)
 
 
 _register_command_groups()

@@ -175,6 +175,14 @@ class Settings:
     cds_clients: str = ""
     #: Days within which a patient's triage results count as recent (patient-view cards, order-sign suggestion).
     cds_lookback_days: int = 30
+    # --- Results into the PACS (radtriage.dicom_results; docs/dicom-results.md) ---
+    #: Store each result as a DICOM SR (TID 1500) and its heatmaps as Secondary Captures by STOW-RS.
+    dicom_results: bool = False
+    #: The DICOMweb base URL for STOW-RS; empty: dicomweb_url (with dicomweb_username/password).
+    dicom_results_url: str = ""
+    #: Seconds before a failed STOW-RS is tried again, doubling up to the maximum.
+    dicom_results_retry_base: float = 10.0
+    dicom_results_retry_max: float = 600.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -211,6 +219,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mllp_max_message_bytes": (lambda v: v >= 1, "a whole number of at least 1"),
     "auth_token_lifetime": (lambda v: 1 <= v <= 86400, "seconds, from 1 to 86400"),
     "cds_lookback_days": (lambda v: 1 <= v <= 3650, "days, from 1 to 3650"),
+    "dicom_results_retry_base": (lambda v: 0.01 <= v <= 3600, "seconds, from 0.01 to 3600"),
+    "dicom_results_retry_max": (lambda v: 0.01 <= v <= 86400, "seconds, from 0.01 to 86400"),
     "retention_days": (lambda v: v >= 0, "a whole number of days, 0 for keep forever"),
     "web_session_idle_minutes": (lambda v: v >= 1, "a whole number of at least 1"),
     "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
     from ..compliance.monitoring_access import MonitoringAccess
+    from ..dicom_results.outbox import DicomResultsSender
     from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
 
@@ -43,6 +44,8 @@ class Components:
     retries: RetryScheduler | None = None
     #: Shadow mode: whether the model's priorities are acted on (issue 10; `radtriage.monitoring.site_gate`).
     gate: SiteGate | None = None
+    #: Results into the PACS as DICOM SR + Secondary Capture by STOW-RS (setting `dicom_results`; issue 13).
+    dicom_results: DicomResultsSender | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -57,6 +60,8 @@ class Components:
             log.info("re-queued %d unfinished job(s)", resumed)
         if self.retries is not None:
             self.retries.start()
+        if self.dicom_results is not None:
+            self.dicom_results.start()
 
     def _warn_findings_not_assessed(self) -> None:
         """Say loudly, in the log and the audit trail, when the policy has a rule the model can never fire.
@@ -112,6 +117,8 @@ class Components:
 
         if self.retries is not None:
             self.retries.stop()
+        if self.dicom_results is not None:
+            self.dicom_results.stop()
         self.queue.stop()
         self.audit.record(AuditRecord(APPLICATION_STOP))
         self.engine.dispose()
@@ -268,9 +275,36 @@ def build_components(
         build_access_control(settings, engine, audit),
         retries=RetryScheduler(retry_planner, service, interval=settings.retry_poll_interval),
         gate=gate,
+        dicom_results=build_dicom_results(settings, engine, service, audit),
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components
+
+
+def build_dicom_results(
+    settings: Settings, engine: Engine, service: TriageService, audit: AuditLog
+) -> DicomResultsSender | None:
+    """With `dicom_results` on: the outbox (fed by completed jobs' events) and its STOW-RS sender."""
+    if not settings.dicom_results:
+        return None
+    from ..dicom_results.outbox import DicomResultsOutbox, DicomResultsSender, StowClient
+
+    url = settings.dicom_results_url or settings.dicomweb_url
+    if not url:
+        raise ValueError("dicom_results is on but neither dicom_results_url nor dicomweb_url is set")
+    credentials = (settings.dicomweb_username, settings.dicomweb_password) if settings.dicomweb_username else None
+    outbox = DicomResultsOutbox(engine)
+    sender = DicomResultsSender(
+        outbox,
+        service,
+        StowClient(url, auth=credentials, timeout=settings.dicomweb_timeout),
+        record_audit=audit.record,
+        retry_base=settings.dicom_results_retry_base,
+        retry_max=settings.dicom_results_retry_max,
+    )
+    outbox.on_added = sender.wake
+    service.listeners.append(outbox.on_event)  # one row per completed job; sending happens on the sender's thread
+    return sender
 
 
 def related_interfaces(settings: Settings) -> list[str]:
@@ -279,7 +313,14 @@ def related_interfaces(settings: Settings) -> list[str]:
     return [
         f"CDS Hooks 2.0 services (patient-view, order-sign) are discovered at {base}/cds-services; calls carry "
         "the EHR's signed JWT (docs/cds-hooks.md)."
-    ]
+    ] + (
+        [
+            "Each result is also stored in the PACS as a DICOM SR (TID 1500) with its heatmaps as Secondary "
+            "Captures, by STOW-RS (docs/dicom-results.md)."
+        ]
+        if settings.dicom_results
+        else []
+    )
 
 
 def build_cds_door(components: Components) -> Blueprint:

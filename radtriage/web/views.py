@@ -791,6 +791,7 @@ def web_blueprint(
             ops=ops,
             failure_text=FAILURE_TEXT,
             live=_live_performance(components.engine),
+            min_cases=components.settings.drift_min_cases,
         )
 
     @bp.route("/model/live/<name>", methods=["GET"])
