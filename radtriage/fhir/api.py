@@ -64,6 +64,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request, url_for
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from ..app.core.domain import ImagingOrder, Job, JobState, Priority, TriageResult
@@ -686,6 +687,12 @@ def fhir_blueprint(
             request.url_rule.rule if request.url_rule else "-",
             "".join(traceback.format_tb(error.__traceback__)),
         )
+        if isinstance(error, OperationalError | InterfaceError):
+            # The database is unreachable (issue 15, docs/operations.md): nothing was stored; the client may
+            # send the same request again later, and an order sent again is not duplicated.
+            outage = TriageError(ErrorCode.INTERNAL, "the service cannot store or read data now; try again later")
+            body, _ = operation_outcome(outage)
+            return _fhir_response(body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)})
         body, status = operation_outcome(TriageError(ErrorCode.INTERNAL))
         return _fhir_response(body, status)
 
