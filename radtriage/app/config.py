@@ -58,7 +58,7 @@ class Settings:
     #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
     shadow_mode: str = "auto"
     #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
-    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    #: mode automatically, audited) as well. The fallback applies to shadow_mode "auto"; "off" still alerts.
     site_drift_action: str = "alert"
     #: "inline" (in-process worker threads) is the embedded default; "celery" publishes job ids to a broker
     #: (broker_url) for `radtriage worker` processes.
