@@ -96,6 +96,8 @@ def _check_production(settings: object, sources: dict[str, str]) -> None:
     from .compliance.auth import InsecureConfiguration, check_production_secrets
     from .web.settings import WebSettings
 
+    if str(getattr(settings, "mode", "")).lower() != "production":
+        return
     problems = []
     for check in (check_production_secrets, lambda s: WebSettings.from_settings(s).checked_secret()):
         try:
@@ -206,6 +208,7 @@ def retention(obj: dict[str, object], dry_run: bool) -> None:
 
 def _register_command_groups() -> None:
     from .app.job_commands import jobs_group
+    from .app.process_commands import api_command, worker_command
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
     from .model.site_cli import shadow_command, validate_site_command
@@ -215,6 +218,8 @@ def _register_command_groups() -> None:
     model_group.add_command(shadow_command)  # issue 10, site acceptance: radtriage/model/site_cli.py
     model_group.add_command(validate_site_command)
     for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group, jobs_group):
+        main.add_command(command)
+    for command in (api_command, worker_command):  # the scaled-out processes (radtriage/app/process_commands.py)
         main.add_command(command)
     _register_operator_commands()
 

@@ -18,6 +18,8 @@ if [ "$want_dev" = 1 ] && [ "${RADTRIAGE_BOOTSTRAP_SYSTEM:-}" != skip ]; then
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v storescu >/dev/null || missing+=(dcmtk)
+  # The Celery broker for the scale-out drills (tests/support/redis.py, tests/app/test_drills.py).
+  command -v redis-server >/dev/null || missing+=(redis-server)
   # Headless browser for the web pages' end-to-end tests (tests/web/test_browser.py).
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)

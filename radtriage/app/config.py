@@ -58,11 +58,22 @@ class Settings:
     #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
     shadow_mode: str = "auto"
     #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
-    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    #: mode automatically, audited) as well. The fallback applies to shadow_mode "auto"; "off" still alerts.
     site_drift_action: str = "alert"
-    #: "inline" (in-process worker threads) is the embedded default.
+    #: "inline" (in-process worker threads) is the embedded default; "celery" publishes job ids to a broker
+    #: (broker_url) for `radtriage worker` processes.
     queue: str = "inline"
+    #: Celery broker, e.g. redis://127.0.0.1:6379/0 (queue = "celery").
+    broker_url: str = ""
+    #: Seconds after which Redis gives an unacknowledged message (its worker vanished) to another worker.
+    broker_visibility_timeout: float = 3600.0
+    #: Seconds between two rounds of the broker sweeper (radtriage.app.sweeper) in each worker process.
+    sweep_interval: float = 5.0
     workers: int = 1
+    #: Seconds a queued job waits before it is served one priority level up (ageing; 0 = never).
+    queue_max_wait: float = 300.0
+    #: Seconds after which a job left running by a worker that died may be taken over by another worker.
+    job_lease: float = 300.0
     host: str = "127.0.0.1"
     port: int = 8080
     #: HTTP server limits (radtriage.app.http_server; docs/operations.md): worker threads, open connections in
@@ -104,11 +115,14 @@ class Settings:
     drift_min_cases: int = 30
     #: Sensitivity ("any abnormality") below which an alert is raised; 0 = no floor.
     performance_floor_sensitivity: float = 0.0
+    #: File holding the bearer token (>= 32 characters) that metrics scrapers send to /metrics and
+    #: /monitoring/metrics.json; required there in production (radtriage.compliance.monitoring_access).
+    monitoring_token_file: str = ""
     #: URL that receives alerts as JSON (optional).
     alert_webhook: str = ""
     recalibration_target_sensitivity: float = 0.9
     # --- Web pages (radtriage.web; docs/web.md) ---
-    #: Users file (JSON; scrypt hashes; `python -m radtriage.web.users add`) and the session signing secret.
+    #: Users file (JSON; scrypt hashes; `radtriage users add`) and the session signing secret.
     web_users: str = ""
     web_secret_key: str = ""
     web_session_idle_minutes: int = 30

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..compliance.monitoring_access import MonitoringAccess
     from ..dicom_results.outbox import DicomResultsSender
     from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
+    from .celery_queue import CeleryJobQueue
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ class Components:
     settings: Settings
     engine: Engine
     store: SqlOrderStore
-    queue: InlineJobQueue
+    #: The in-process queue (embedded default), or the Celery publisher (queue = "celery").
+    queue: InlineJobQueue | CeleryJobQueue
     service: TriageService
     audit: AuditLog
     access: AccessControl | None = None
@@ -52,6 +55,10 @@ class Components:
 
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
+        if not isinstance(self.queue, InlineJobQueue):
+            # With a broker this process only takes orders (radtriage api / mllp): no model, and the worker
+            # processes recover unfinished jobs (sweeper, by lease) and run the automatic retries.
+            return
         self._warn_findings_not_assessed()
         self._announce_shadow_mode()
         resumed = self.service.resume_unfinished()
@@ -119,6 +126,7 @@ class Components:
         if self.dicom_results is not None:
             self.dicom_results.stop()
         self.queue.stop()
+        self.audit.flush()
         self.audit.record(AuditRecord(APPLICATION_STOP))
         self.engine.dispose()
 
@@ -212,6 +220,18 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
     )
 
 
+def build_job_queue(settings: Settings, store: SqlOrderStore) -> InlineJobQueue | CeleryJobQueue:
+    if settings.queue == "inline":
+        return InlineJobQueue(settings.workers, max_wait_s=settings.queue_max_wait)
+    if settings.queue == "celery":
+        from .celery_queue import CeleryJobQueue, celery_app, unqueued_marker
+
+        if not settings.broker_url:
+            raise ValueError("queue is celery but broker_url is not set (e.g. redis://127.0.0.1:6379/0)")
+        return CeleryJobQueue(celery_app(settings), on_unqueued=unqueued_marker(store))
+    raise ValueError(f"unknown queue {settings.queue!r} (inline or celery)")
+
+
 def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
     """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
     from ..monitoring.drift import AlertSink
@@ -250,7 +270,7 @@ def build_components(
     clock = SystemClock()
     retry_planner = RetryPlanner(engine, retry_policy(settings), clock, audit)
     store = SqlOrderStore(engine, audit=audit, hooks=[retry_planner])
-    queue = InlineJobQueue(settings.workers)
+    queue = build_job_queue(settings, store)
     gate = build_site_gate(settings, engine, audit)
     service = TriageService(
         store=store,
@@ -262,8 +282,9 @@ def build_components(
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
         clock=clock,
         shadow=gate,
+        lease_s=settings.job_lease,
     )
-    queue.bind(service.run_job)
+    queue.bind(service.run_job, service.explain_job)
     components = Components(
         settings,
         engine,
@@ -348,6 +369,19 @@ def build_cds_door(components: Components) -> Blueprint:
     )
 
 
+def monitoring_access(components: Components) -> MonitoringAccess:
+    """Tokens for /metrics and /monitoring/metrics.json: required in production and whenever the API needs them."""
+    from ..compliance.monitoring_access import MonitoringAccess
+
+    settings = components.settings
+    return MonitoringAccess.from_token_file(
+        settings.monitoring_token_file,
+        required=settings.mode == "production" or settings.auth_required,
+        access=components.access,
+        audit=components.audit.record,
+    )
+
+
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
     """The WSGI application: the FHIR door, the monitoring endpoints and the web pages on one set of components."""
     from flask import Flask
@@ -379,6 +413,6 @@ def create_app(settings: Settings | None = None, components: Components | None =
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(build_cds_door(components), url_prefix="/cds-services")
-    app.register_blueprint(monitoring_blueprint(monitoring))
+    app.register_blueprint(monitoring_blueprint(monitoring, monitoring_access(components)))
     app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app
