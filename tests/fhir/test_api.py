@@ -145,6 +145,18 @@ def test_posting_the_same_resource_again_returns_the_same_task(
     assert components.store.list_jobs()[1] == 1
 
 
+def test_a_second_order_for_the_same_study_under_another_id_is_a_409_outcome(
+    client: FlaskClient, components: Components, studies: Studies, fhir_schema_path: Path
+) -> None:
+    """One live order per study, for every door (before: two 201s and two jobs for one study)."""
+    submit(client, "/ImagingStudy", imaging_study(studies.chest, study_id="is-1"), fhir_schema_path)
+    second = post(client, "/ImagingStudy", imaging_study(studies.chest, study_id="is-2"))
+    outcome = fhir_json(second, 409, fhir_schema_path)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "conflict"
+    assert studies.chest not in json.dumps(outcome)  # the UID is not echoed
+    assert components.store.list_jobs()[1] == 1
+
+
 def test_stat_service_request_stays_stat_with_negative_findings(
     client: FlaskClient, studies: Studies, fhir_schema_path: Path
 ) -> None:
