@@ -25,6 +25,7 @@ from werkzeug.test import TestResponse
 from radtriage.app.factory import Components, create_app
 from radtriage.fhir import terminology
 from radtriage.fhir.api import MAX_BODY_BYTES
+from tests.support.data import copy_as_new_study
 from tests.support.fhir_validation import assert_valid_fhir
 
 from .conftest import Studies, running_components
@@ -275,9 +276,8 @@ def test_reads_are_audited_with_access_control_off(
     from radtriage.compliance.audit_store import AuditFilter
 
     for n, patient in enumerate(("Patient/p1", "Patient/p2")):
-        submit(
-            client, "/ImagingStudy", imaging_study(studies.chest, study_id=f"is-{n}", patient=patient), fhir_schema_path
-        )
+        uid = copy_as_new_study(studies.root / "RG1_J2KI.dcm", studies.root)  # one live order per study
+        submit(client, "/ImagingStudy", imaging_study(uid, study_id=f"is-{n}", patient=patient), fhir_schema_path)
     assert components.queue.wait_idle(60)
     assert get(client, "/fhir/DiagnosticReport?status=preliminary", fhir_schema_path)["total"] == 2
     get(client, "/fhir/DiagnosticReport/0123abc", fhir_schema_path, status=404)
@@ -454,15 +454,14 @@ class SearchServer:
 def search_server(
     tmp_path_factory: pytest.TempPathFactory, studies: Studies, fhir_scorer: Any, fhir_schema_path: Path
 ) -> Iterator[SearchServer]:
-    """One server for all search tests (read-only): three scored orders for the chest study, two for
-    Patient/p1 and one for Patient/p2."""
+    """One server for all search tests (read-only): three scored orders, each for its own copy of the chest
+    study (one live order per study), two for Patient/p1 and one for Patient/p2."""
     with running_components(tmp_path_factory.mktemp("search"), studies, fhir_scorer) as components:
         client = create_app(components=components).test_client()
+        uids = [copy_as_new_study(studies.root / "RG1_J2KI.dcm", studies.root) for _ in range(3)]
         ids = [
-            submit(
-                client, "/ImagingStudy", imaging_study(studies.chest, study_id=f"is-{n}", patient=p), fhir_schema_path
-            )["id"]
-            for n, p in enumerate(("Patient/p1", "Patient/p1", "Patient/p2"))
+            submit(client, "/ImagingStudy", imaging_study(uid, study_id=f"is-{n}", patient=p), fhir_schema_path)["id"]
+            for n, (uid, p) in enumerate(zip(uids, ("Patient/p1", "Patient/p1", "Patient/p2"), strict=True))
         ]
         assert components.queue.wait_idle(120)
         yield SearchServer(client, ids)

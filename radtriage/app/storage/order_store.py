@@ -146,8 +146,9 @@ class SqlOrderStore:
         assert stored_job is not None
         return order, stored_job, True
 
-    # One live order per study (the core's rule, for every door): an order blocks another order for the same
-    # study from any door until it is cancelled. Re-sending the same (source, source_key) is not "another".
+    # One live order per study (the core's rule, for every door): while an order's job is unfinished, another
+    # order for the same study from any door is refused; once it is completed, failed or cancelled, the study may
+    # be ordered again. Re-sending the same (source, source_key) is not "another" (it is idempotent).
 
     @staticmethod
     def _lock_study(conn: Connection, study_instance_uid: str) -> None:
@@ -162,7 +163,7 @@ class SqlOrderStore:
             .where(
                 orders.c.study_instance_uid == order.study_instance_uid,
                 orders.c.id != order.id,
-                jobs.c.state != JobState.CANCELLED.value,
+                jobs.c.state.not_in([state.value for state in JobState if state.is_terminal]),
                 ~((orders.c.source == order.source) & (orders.c.source_key == order.source_key)),
             )
             .limit(1)

@@ -201,7 +201,7 @@ def _order_for_study(n: int, uid: str, source: str) -> tuple[ImagingOrder, Job, 
     return order, job, JobEvent(job.id, JobState.RECEIVED, JobState.RECEIVED, T0)
 
 
-def test_a_second_order_for_the_same_study_is_a_conflict_until_the_first_is_cancelled(store: SqlOrderStore) -> None:
+def test_a_second_order_for_the_same_study_is_a_conflict_until_the_first_is_finished(store: SqlOrderStore) -> None:
     uid = "1.2.826.0.1.3680043.10.1.777"
     first, job, event = _order_for_study(1, uid, "hl7")
     store.add_order(first, job, event)
@@ -212,6 +212,9 @@ def test_a_second_order_for_the_same_study_is_a_conflict_until_the_first_is_canc
         assert store.get_order(f"order{n:04d}") is None  # nothing of the refused order was kept
     # Re-sending the first order is idempotent, not a conflict.
     assert store.add_order(first, replace(job, id="job9999"), event)[2] is False
+    walk(store, store.get_job(job.id), JobState.QUEUED, JobState.FETCHING)
+    with pytest.raises(TriageError):  # still live while it is being worked on
+        store.add_order(*_order_for_study(5, uid, "fhir"))
     walk(store, store.get_job(job.id), JobState.CANCELLED)
     assert store.add_order(*_order_for_study(4, uid, "fhir"))[2] is True
 
