@@ -10,17 +10,37 @@ from pathlib import Path
 
 import click
 
-from .app.config import load_settings
+from .app.config import load_settings, load_settings_with_sources
 
 
 def _setup_logging(verbose: bool) -> None:
+    from .compliance.phi import quiet_third_party_loggers
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_third_party_loggers()  # they log UIDs and URLs at INFO, even with -v
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a setting that cannot be used ends any command with one line and exit status 2, not
+    a traceback (`radtriage.app.config.SettingsError`, and production mode's missing secrets)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ValueError as refused:
+            from .app.config import SettingsError
+            from .compliance.auth import InsecureConfiguration
+
+            if not isinstance(refused, SettingsError | InsecureConfiguration):
+                raise
+            click.echo(f"radtriage: {refused}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML settings file.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
@@ -71,12 +91,36 @@ def demo(obj: dict[str, object], images: Path | None, limit: int, home: Path | N
     sys.exit(run_demo(settings, images, limit, sys.stdout, show_fhir))
 
 
+def _check_production(settings: object, sources: dict[str, str]) -> None:
+    """Production mode's requirements, all named at once (access control and the web pages' secrets)."""
+    from .compliance.auth import InsecureConfiguration, check_production_secrets
+    from .web.settings import WebSettings
+
+    problems = []
+    for check in (check_production_secrets, lambda s: WebSettings.from_settings(s).checked_secret()):
+        try:
+            check(settings)
+        except InsecureConfiguration as refused:
+            problems.append(str(refused).split(": ", 1)[-1])
+    if problems:
+        raise InsecureConfiguration(
+            f"production mode (mode from {sources.get('mode', 'default')}) refuses to start: " + "; ".join(problems)
+        )
+
+
 @main.command()
 @click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
-@click.option("--port", type=int, help="HTTP port (default from settings: 8080).")
+@click.option("--port", type=int, help="HTTP port, 1-65535 (default from settings: 8080).")
 @click.pass_obj
 def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
-    """Run the FHIR REST API (waitress) and the worker until interrupted."""
+    """Run the FHIR REST API, the web pages (/login) and the worker until interrupted.
+
+    Every other setting comes from the --config TOML file and RADTRIAGE_* environment variables (the README's
+    Configuration table lists them): `radtriage config show` prints the effective settings and where each came
+    from. A setting that cannot be used stops the start with one line naming it. Production mode (mode =
+    "production") needs auth_required, auth_issuer, auth_signing_key, auth_clients, web_users and a
+    web_secret_key of at least 32 characters.
+    """
     from waitress import serve as waitress_serve
 
     from .app.factory import build_components, create_app
@@ -85,7 +129,8 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
 
     _setup_logging(bool(obj["verbose"]))
     install_phi_filter()
-    settings = load_settings(obj["config"], host=host, port=port)  # type: ignore[arg-type]
+    settings, sources = load_settings_with_sources(obj["config"], host=host, port=port)  # type: ignore[arg-type]
+    _check_production(settings, sources)
     components = build_components(settings)
     app = create_app(components=components)
     components.start()
@@ -158,12 +203,27 @@ def retention(obj: dict[str, object], dry_run: bool) -> None:
 
 
 def _register_command_groups() -> None:
+    from .app.job_commands import jobs_group
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
+    from .model.site_cli import shadow_command, validate_site_command
     from .monitoring.cli_commands import monitor_group
+    from .web.cli_commands import users_group
 
-    for command in (audit_group, model_group, label_command, score_command, monitor_group):
+    model_group.add_command(shadow_command)  # issue 10, site acceptance: radtriage/model/site_cli.py
+    model_group.add_command(validate_site_command)
+    for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group, jobs_group):
         main.add_command(command)
+    _register_operator_commands()
+
+
+def _register_operator_commands() -> None:
+    """Issue 14's commands for administrators: SMART clients, the settings (users are registered above)."""
+    from .app.config_commands import config_group
+    from .compliance.client_commands import clients_group
+
+    main.add_command(clients_group)
+    main.add_command(config_group)
 
 
 _register_command_groups()

@@ -1,14 +1,20 @@
-"""Settings: defaults, then a TOML file, then environment variables (which win).
+"""Settings: defaults, then a TOML file, then environment variables (which win), then the command line.
 
 Environment variables are named ``RADTRIAGE_<FIELD>`` in upper case, e.g. ``RADTRIAGE_DATABASE_URL``.
-Nothing is read at import time; `load_settings()` is called by the composition root.
+Nothing is read at import time; `load_settings()` is called by the composition root. Every value is checked
+when the settings are loaded (its type, and the ranges in `RULES`): a bad one stops the start with a
+`SettingsError` whose one-line message names the setting, where the value came from and what is allowed.
+``radtriage config show`` prints the effective settings and the source of each.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,16 @@ class Settings:
     #: Seconds for one DICOMweb request, and how many times a failed request is tried in all.
     dicomweb_timeout: float = 10.0
     dicomweb_attempts: int = 2
+    #: Automatic retries of jobs that failed for a reason that may go away (PACS down; radtriage.app.retry):
+    #: first delay and longest delay in seconds, and for how many hours after the first failure (0: off).
+    retry_base_delay: float = 30.0
+    retry_max_delay: float = 900.0
+    retry_for_hours: float = 24.0
+    retry_poll_interval: float = 5.0
+    #: Circuit breaker of the DICOMweb source: after this many failed requests in a row the PACS is not asked for
+    #: `dicomweb_breaker_cooldown` seconds (jobs fail fast as pacs-unavailable and are retried later).
+    dicomweb_breaker_failures: int = 5
+    dicomweb_breaker_cooldown: float = 30.0
     #: Path to a model artefact folder (weights + manifest.json); empty means the shipped default.
     model: str = ""
     #: Path to a triage policy TOML file; empty means the built-in default policy.
@@ -39,8 +55,11 @@ class Settings:
     min_image_side_px: int = 256
     #: Shadow mode (issue 10): "on" scores, stores and shows results but never raises a priority or sends a
     #: priority update; "off" acts on the model; "auto" is shadow until a site validation is recorded for the
-    #: active model. Tests that assert a raised priority set "off" explicitly.
-    shadow_mode: str = "off"
+    #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
+    shadow_mode: str = "auto"
+    #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
+    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    site_drift_action: str = "alert"
     #: "inline" (in-process worker threads) is the embedded default.
     queue: str = "inline"
     workers: int = 1
@@ -130,6 +149,12 @@ class Settings:
     hl7_retry_max: float = 300.0
     #: Site overrides of the priority mapping table (TOML; see radtriage/hl7/priority_map.py); empty: default.
     priority_map: str = ""
+    # --- CDS Hooks (radtriage.cds; docs/cds-hooks.md) ---
+    #: JSON registry of the EHRs allowed to call the CDS services (iss, public keys, jku, fhir_servers). With
+    #: auth_required, a call without a JWT from one of them is refused; without auth_required nothing is checked.
+    cds_clients: str = ""
+    #: Days within which a patient's triage results count as recent (patient-view cards, order-sign suggestion).
+    cds_lookback_days: int = 30
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -138,36 +163,172 @@ class Settings:
         return f"sqlite:///{Path(self.home) / 'radtriage.sqlite3'}"
 
 
-def _coerce(value: str, like: Any) -> Any:
-    if isinstance(like, bool):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(like, int):
-        return int(value)
-    if isinstance(like, float):
+class SettingsError(ValueError):
+    """A setting that cannot be used. Its message is one line: the setting, where it came from, what is allowed."""
+
+    def __init__(self, name: str, source: str, problem: str) -> None:
+        super().__init__(f"setting {name} ({source}): {problem}")
+        self.name = name
+        self.source = source
+
+
+_PORT = "a port number from 1 to 65535"
+_PORT_OR_OFF = "a port number from 1 to 65535, or 0 for off"
+_POSITIVE = "a number greater than 0"
+
+#: Settings with a narrower range than their type: the check, and the words that say what is allowed.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "port": (lambda v: 1 <= v <= 65535, _PORT),
+    "mllp_port": (lambda v: 0 <= v <= 65535, _PORT_OR_OFF),
+    "ris_port": (lambda v: 0 <= v <= 65535, _PORT_OR_OFF),
+    "workers": (lambda v: v >= 1, "a whole number of at least 1"),
+    "dicomweb_attempts": (lambda v: v >= 1, "a whole number of at least 1"),
+    "dicomweb_timeout": (lambda v: v > 0, _POSITIVE),
+    "mllp_idle_timeout": (lambda v: v > 0, _POSITIVE),
+    "mllp_read_timeout": (lambda v: v > 0, _POSITIVE),
+    "ris_timeout": (lambda v: v > 0, _POSITIVE),
+    "mllp_max_connections": (lambda v: v >= 1, "a whole number of at least 1"),
+    "mllp_max_message_bytes": (lambda v: v >= 1, "a whole number of at least 1"),
+    "auth_token_lifetime": (lambda v: 1 <= v <= 86400, "seconds, from 1 to 86400"),
+    "cds_lookback_days": (lambda v: 1 <= v <= 3650, "days, from 1 to 3650"),
+    "retention_days": (lambda v: v >= 0, "a whole number of days, 0 for keep forever"),
+    "web_session_idle_minutes": (lambda v: v >= 1, "a whole number of at least 1"),
+    "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),
+    "min_image_side_px": (lambda v: v >= 1, "a whole number of at least 1"),
+    "drift_min_cases": (lambda v: v >= 1, "a whole number of at least 1"),
+    # Automatic retries and the PACS circuit breaker (issue 15; radtriage.app.retry, imaging.dicomweb_source)
+    "retry_base_delay": (lambda v: v > 0, _POSITIVE),
+    "retry_max_delay": (lambda v: v > 0, _POSITIVE),
+    "retry_for_hours": (lambda v: v >= 0, "hours, 0 turns automatic retries off"),
+    "retry_poll_interval": (lambda v: v > 0, _POSITIVE),
+    "dicomweb_breaker_failures": (lambda v: v >= 1, "a whole number of at least 1"),
+    "dicomweb_breaker_cooldown": (lambda v: v > 0, _POSITIVE),
+    "study_source": (lambda v: v in ("folder", "dicomweb"), '"folder" or "dicomweb"'),
+    "mode": (lambda v: v in ("development", "production"), '"development" or "production"'),
+    "shadow_mode": (lambda v: v in ("off", "on", "auto"), '"off", "on" or "auto"'),
+    "drafting_mode": (lambda v: v in ("off", "shadow", "on"), '"off", "shadow" or "on"'),
+    "hl7_outbound_style": (lambda v: v in ("orm", "omi"), '"orm" or "omi"'),
+    "database_url": (
+        lambda v: v == "" or v.startswith(("sqlite:", "postgresql:", "postgresql+")),
+        'empty (SQLite under home), "sqlite:///PATH" or "postgresql+psycopg://..." (other databases are not '
+        "supported)",
+    ),
+}
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+#: Settings whose values are never shown (`radtriage config show` masks them).
+SECRET_SETTINGS = frozenset({"dicomweb_password", "web_secret_key"})
+
+
+def _kind(name: str) -> type:
+    spec = Settings.__dataclass_fields__[name]
+    factory: Any = spec.default_factory
+    return type(spec.default if spec.default is not MISSING else factory())
+
+
+def _allowed(name: str) -> str:
+    rule = RULES.get(name)
+    return rule[1] if rule else _TYPE_WORDS.get(_kind(name), "text")
+
+
+def _typed(name: str, value: Any, source: str, *, text: bool) -> Any:
+    """`value` as the setting's type, or a `SettingsError`. Text (the environment) is converted; values from a
+    TOML file must already have the right type (``port = "8080"`` is refused, not guessed)."""
+    kind = _kind(name)
+    refused = SettingsError(name, source, f"{_shown(name, value)} is not allowed; use {_allowed(name)}")
+    if text and isinstance(value, str) and kind is not str:
+        word = value.strip().lower()
+        if kind is bool:
+            if word in {"1", "true", "yes", "on"}:
+                return True
+            if word in {"0", "false", "no", "off", ""}:
+                return False
+            raise refused
+        try:
+            return kind(word)
+        except ValueError:
+            raise refused from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if type(value) is not kind:
+        raise refused
     return value
+
+
+def _shown(name: str, value: Any) -> str:
+    """A refused value as an error message may show it: secrets never, passwords in URLs masked."""
+    if name in SECRET_SETTINGS:
+        return "the value given"
+    return repr(masked(name, value)) if isinstance(value, str) else repr(value)
+
+
+def _checked(name: str, value: Any, source: str, *, text: bool = False) -> Any:
+    value = _typed(name, value, source, text=text)
+    rule = RULES.get(name)
+    if rule is not None and not rule[0](value):
+        raise SettingsError(name, source, f"{_shown(name, value)} is not allowed; use {rule[1]}")
+    return value
+
+
+def _read_toml(path: str, origin: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError("config", origin, f"the file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError("config", origin, f"{path} is a folder, not a TOML file") from None
+    except OSError as error:
+        raise SettingsError("config", origin, f"{path} cannot be read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError("config", origin, f"{path} is not valid TOML: {error}") from None
+    section = data.get("radtriage", data)
+    if not isinstance(section, dict):
+        raise SettingsError("config", origin, f"{path}: [radtriage] must be a table of settings")
+    return section
+
+
+def load_settings_with_sources(
+    path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None, **overrides: Any
+) -> tuple[Settings, dict[str, str]]:
+    """The settings and, for each one, where its value came from ("default", the file, the variable, ...).
+    Every value is checked (type and range) before anything uses it: a bad one is a `SettingsError`."""
+    env = dict(os.environ if env is None else env)
+    known = [f.name for f in fields(Settings)]
+    sources = dict.fromkeys(known, "default")
+    values: dict[str, Any] = {}
+    config_path = str(path) if path else env.get("RADTRIAGE_CONFIG")
+    if config_path:
+        origin = "--config" if path else "environment RADTRIAGE_CONFIG"
+        for name, value in _read_toml(config_path, origin).items():
+            where = f"in {config_path}"
+            if name not in sources:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else "; `radtriage config show` lists them"
+                raise SettingsError(name, where, f"unknown setting{hint}")
+            values[name], sources[name] = _checked(name, value, where), where
+    for name in known:
+        variable = f"RADTRIAGE_{name.upper()}"
+        if variable in env:
+            where = f"environment {variable}"
+            values[name], sources[name] = _checked(name, env[variable], where, text=True), where
+    for name, value in overrides.items():
+        if value is not None:
+            where = f"command line --{name.replace('_', '-')}"
+            values[name], sources[name] = _checked(name, value, where), where
+    return replace(Settings(), **values), sources
 
 
 def load_settings(
     path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None, **overrides: Any
 ) -> Settings:
-    """Defaults < TOML file (``RADTRIAGE_CONFIG`` or `path`) < environment < explicit overrides."""
-    env = dict(os.environ if env is None else env)
-    settings = Settings()
-    known = {f.name for f in fields(Settings)}
-    config_path = path or env.get("RADTRIAGE_CONFIG")
-    if config_path:
-        with open(config_path, "rb") as fh:
-            data = tomllib.load(fh)
-        section = data.get("radtriage", data)
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"unknown settings in {config_path}: {', '.join(sorted(unknown))}")
-        settings = replace(settings, **section)
-    from_env = {
-        name: _coerce(env[f"RADTRIAGE_{name.upper()}"], getattr(settings, name))
-        for name in known
-        if f"RADTRIAGE_{name.upper()}" in env
-    }
-    settings = replace(settings, **from_env)
-    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    """Defaults < TOML file (``RADTRIAGE_CONFIG`` or `path`) < environment < explicit overrides, all checked."""
+    return load_settings_with_sources(path, env, **overrides)[0]
+
+
+def masked(name: str, value: Any) -> str:
+    """A setting's value as `radtriage config show` prints it: secrets and passwords in URLs hidden."""
+    if name in SECRET_SETTINGS or (name == "auth_signing_key" and "-----BEGIN" in str(value)):
+        return "(set, hidden)" if value else "(not set)"
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return re.sub(r"(://[^/:@]+:)[^@/]+@", r"\1***@", text)

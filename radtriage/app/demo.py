@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import threading
 import time
@@ -186,9 +187,20 @@ def submit(base: str, n: int, study: DemoStudy) -> str:
     """POST the order; returns the Task id."""
     response = requests.post(base, json=order_bundle(n, study), headers=FHIR_JSON, timeout=30)
     response.raise_for_status()
-    bundle = response.json()
+    return task_of_transaction(base, response.json())
+
+
+def task_of_transaction(base: str, bundle: dict[str, Any]) -> str:
+    """The Task id of the order a transaction-response Bundle reports: each entry names its own resource
+    (``ServiceRequest/<id>/_history/1``), and the Task is found by its ``based-on``."""
     for entry in bundle.get("entry", []):
         location = str(entry.get("response", {}).get("location", ""))
+        if location.startswith("ServiceRequest/"):
+            request_ref = "/".join(location.split("/")[:2])
+            found = requests.get(f"{base}/Task", params={"based-on": request_ref}, headers=FHIR_JSON, timeout=30)
+            found.raise_for_status()
+            for match in found.json().get("entry", []):
+                return str(match["resource"]["id"])
         if location.startswith("Task/"):
             return location.split("/")[1]
     raise RuntimeError("the service answered without a Task")
@@ -266,22 +278,74 @@ def print_worklist(
 ) -> None:
     placeholder = any("PLACEHOLDER" in (r.get("conclusion") or "").upper() for r in reports.values())
     analysed = [r for r in rows if r[2]["status"] == "completed"]
-    analysed.sort(key=lambda r: (PRIORITY_RANK.get(r[2].get("priority", "routine"), 9), r[2].get("authoredOn", "")))
+
+    def worklist_key(row: tuple[DemoStudy, str, dict[str, Any]]) -> tuple[int, float, str]:
+        severity = _severity(observations.get(row[1], []))
+        rank = PRIORITY_RANK.get(row[2].get("priority", "routine"), 9)
+        return rank, -(severity if severity is not None else -1.0), row[2].get("authoredOn", "")
+
+    analysed.sort(key=worklist_key)  # priority, then severity, then waiting time (as the service's Task search)
     not_analysed = [r for r in rows if r[2]["status"] != "completed"]
-    out.write("\nWORKLIST (most urgent first)\n")
+    shadow_reasons = {reason for _, _, task in analysed if (reason := _shadow_reason(task))}
+    shadow = any(_shadow_priority(task) is not None for _, _, task in analysed)
+    out.write("\nWORKLIST (most urgent first, then most severe, then longest waiting)\n")
     if placeholder:
         out.write(
             "  !! Scored by the UNTRAINED PLACEHOLDER model: priorities and findings have NO clinical meaning. !!\n"
         )
-    out.write(f"  {'priority':<9} {'study':<48} {'positive findings (probability)'}\n")
-    for study, task_id, task in analysed:
+    if shadow:
         out.write(
-            f"  {task.get('priority', '?'):<9} {study.label[:48]:<48} {_positives(observations.get(task_id, []))}\n"
+            f"  SHADOW MODE ({'; '.join(sorted(shadow_reasons)) or 'see the Task notes'}):\n"
+            "  the model raised NO priority and sent no priority update. 'priority' is the order's own;\n"
+            "  'model would set' is what the model would have done. `radtriage model validate-site` records a site\n"
+            "  validation (see the README, \"Shadow mode\").\n"
         )
+    model_column = f"{'model would set':<16}" if shadow else ""
+    out.write(f"  {'priority':<9} {model_column}{'severity':<9} {'study':<48} {'positive findings (probability)'}\n")
+    for study, task_id, task in analysed:
+        found = observations.get(task_id, [])
+        severity = _severity(found)
+        would = f"{(_shadow_priority(task) or '-'):<16}" if shadow else ""
+        out.write(
+            f"  {task.get('priority', '?'):<9} {would}{'-' if severity is None else f'{severity:.1f}':<9} "
+            f"{study.label[:48]:<48} {_positives(found)}\n"
+        )
+    not_assessed = sorted({name for _, task_id, _ in analysed for name in _not_assessed(observations.get(task_id, []))})
+    if not_assessed:
+        out.write(f"  NOT ASSESSED by this model (it has no output for them): {', '.join(not_assessed)}\n")
     if not_analysed:
         out.write("\nNOT ANALYSED (a person must read these; the service does not guess)\n")
         for study, _, task in not_analysed:
             out.write(f"  {task['status']:<9} {study.label[:48]:<48} {_reason(task)}\n")
+
+
+def _shadow_priority(task: dict[str, Any]) -> str | None:
+    """The priority the model would have set, when the Task says it ran in shadow mode."""
+    for output in task.get("output", []):
+        codes = [c.get("code") for c in output.get("type", {}).get("coding", [])]
+        if "shadow-model-priority" in codes:
+            return str(output.get("valueCode"))
+    return None
+
+
+def _shadow_reason(task: dict[str, Any]) -> str | None:
+    """Why the service ran in shadow mode, from the Task's priority reason ("SHADOW MODE (why): ...")."""
+    for output in task.get("output", []):
+        found = re.match(r"SHADOW MODE \((.*?)\): ", str(output.get("valueString", "")))
+        if found:
+            return found.group(1)
+    return None
+
+
+def _severity(observations: list[dict[str, Any]]) -> float | None:
+    for obs in observations:
+        if obs["code"]["coding"][0].get("code") == "severity-geographic-extent":
+            return float(obs["valueQuantity"]["value"])
+    return None
+
+
+def _not_assessed(observations: list[dict[str, Any]]) -> list[str]:
+    return [str(obs["code"]["coding"][0].get("code")) for obs in observations if "dataAbsentReason" in obs]
 
 
 def _positives(observations: list[dict[str, Any]]) -> str:

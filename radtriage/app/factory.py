@@ -10,16 +10,18 @@ from typing import TYPE_CHECKING
 
 from .config import Settings, load_settings
 from .core.ports import ImageScorer, StudySource
-from .core.service import TriageService
+from .core.service import SystemClock, TriageService
 from .jobs import InlineJobQueue
+from .retry import RetryPlanner, RetryPolicy, RetryScheduler
 from .storage import SqlOrderStore, create_database_engine, migrate
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from flask import Blueprint, Flask
     from sqlalchemy import Engine
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ class Components:
     access: AccessControl | None = None
     #: Draft reports, final-report intake, live metrics and drift (set by `install_monitoring`).
     monitoring: Monitoring | None = None
+    #: Automatic retries of retryable failures (radtriage.app.retry); runs where the workers run.
+    retries: RetryScheduler | None = None
+    #: Shadow mode: whether the model's priorities are acted on (issue 10; `radtriage.monitoring.site_gate`).
+    gate: SiteGate | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -43,13 +49,68 @@ class Components:
 
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
+        self._warn_findings_not_assessed()
+        self._announce_shadow_mode()
         resumed = self.service.resume_unfinished()
         if resumed:
             log.info("re-queued %d unfinished job(s)", resumed)
+        if self.retries is not None:
+            self.retries.start()
+
+    def _warn_findings_not_assessed(self) -> None:
+        """Say loudly, in the log and the audit trail, when the policy has a rule the model can never fire.
+
+        This process runs workers, so it loads the model now rather than at its first study."""
+        from ..compliance.audit import FINDINGS_NOT_ASSESSED, AuditRecord
+
+        try:
+            scorer = self.service.scorer
+            missing = self.service.not_assessed(scorer)
+        except Exception:  # the jobs will fail with MODEL_UNAVAILABLE and say so; start-up goes on
+            log.warning("the model could not be loaded at start-up, so its findings could not be checked")
+            return
+        if not missing:
+            return
+        log.warning(
+            "THE TRIAGE POLICY HAS RULES FOR FINDINGS THE MODEL CANNOT ASSESS: %s. Model %s %s has no output for "
+            "them; every result reports them as 'not assessed' and these rules can never raise a priority.",
+            ", ".join(missing),
+            scorer.identity.name,
+            scorer.identity.version,
+        )
+        self.audit.record(
+            AuditRecord(
+                FINDINGS_NOT_ASSESSED,
+                details={
+                    "not-assessed": ", ".join(missing),
+                    "model": f"{scorer.identity.name} {scorer.identity.version}",
+                    "model-sha256": scorer.identity.sha256,
+                },
+            )
+        )
+
+    def _announce_shadow_mode(self) -> None:
+        """Say at start-up whether the model's priorities are acted on; an explicit setting is audited."""
+        from ..monitoring.site_gate import audit_setting_override
+
+        audit_setting_override(self.settings.shadow_mode, self.audit)
+        if self.gate is None:
+            return
+        try:
+            model = self.service.scorer.identity
+        except Exception:  # reported by _warn_findings_not_assessed already
+            return
+        reason = self.gate(model)
+        if reason is not None:
+            log.warning("SHADOW MODE (%s): results are recorded and shown; no priority is raised or sent", reason)
+        else:
+            log.info("shadow mode off: the model's priorities are acted on")
 
     def close(self) -> None:
         from ..compliance.audit import APPLICATION_STOP, AuditRecord
 
+        if self.retries is not None:
+            self.retries.stop()
         self.queue.stop()
         self.audit.record(AuditRecord(APPLICATION_STOP))
         self.engine.dispose()
@@ -67,6 +128,8 @@ def build_study_source(settings: Settings) -> StudySource:
             password=settings.dicomweb_password or None,
             timeout=settings.dicomweb_timeout,
             attempts=settings.dicomweb_attempts,
+            breaker_failures=settings.dicomweb_breaker_failures,
+            breaker_cooldown=settings.dicomweb_breaker_cooldown,
         )
     if settings.study_source == "folder":
         from ..imaging.folder_source import FolderStudySource
@@ -107,6 +170,14 @@ def model_scorer_factory(settings: Settings) -> Callable[[], ImageScorer]:
     return load
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_delay=settings.retry_base_delay,
+        max_delay=settings.retry_max_delay,
+        retry_for=settings.retry_for_hours * 3600.0,
+    )
+
+
 def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) -> AccessControl | None:
     """OAuth 2 (SMART Backend Services) for the FHIR API, or None when access control is off (development)."""
     if not settings.auth_required:
@@ -134,6 +205,23 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
     )
 
 
+def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
+    """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
+    from ..monitoring.drift import AlertSink
+    from ..monitoring.site_drift import SiteDrift
+    from ..monitoring.site_gate import SiteAcceptance, SiteGate
+
+    acceptance = SiteAcceptance(engine, audit)
+    drift = SiteDrift(
+        engine,
+        acceptance,
+        psi_limit=settings.drift_psi_alert,
+        min_cases=settings.drift_min_cases,
+        alerts=AlertSink(engine, settings.alert_webhook),
+    )
+    return SiteGate(acceptance, settings.shadow_mode, drift_action=settings.site_drift_action, drift=drift)
+
+
 def build_components(
     settings: Settings | None = None,
     *,
@@ -152,8 +240,11 @@ def build_components(
     engine = create_database_engine(settings.resolved_database_url())
     migrate(engine)
     audit = AuditLog(engine)
-    store = SqlOrderStore(engine, audit=audit)
+    clock = SystemClock()
+    retry_planner = RetryPlanner(engine, retry_policy(settings), clock, audit)
+    store = SqlOrderStore(engine, audit=audit, hooks=[retry_planner])
     queue = InlineJobQueue(settings.workers)
+    gate = build_site_gate(settings, engine, audit)
     service = TriageService(
         store=store,
         queue=queue,
@@ -162,13 +253,58 @@ def build_components(
         policy=load_policy(settings.policy or None),
         # Records what the model sees (input drift) and applies locally recalibrated thresholds.
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
+        clock=clock,
+        shadow=gate,
     )
     queue.bind(service.run_job)
     components = Components(
-        settings, engine, store, queue, service, audit, build_access_control(settings, engine, audit)
+        settings,
+        engine,
+        store,
+        queue,
+        service,
+        audit,
+        build_access_control(settings, engine, audit),
+        retries=RetryScheduler(retry_planner, service, interval=settings.retry_poll_interval),
+        gate=gate,
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components
+
+
+def related_interfaces(settings: Settings) -> list[str]:
+    """What the FHIR CapabilityStatement says about the service's other standard interfaces."""
+    base = settings.base_url.rstrip("/")
+    return [
+        f"CDS Hooks 2.0 services (patient-view, order-sign) are discovered at {base}/cds-services; calls carry "
+        "the EHR's signed JWT (docs/cds-hooks.md)."
+    ]
+
+
+def build_cds_door(components: Components) -> Blueprint:
+    """The CDS Hooks door; JWTs of registered EHRs are required whenever the FHIR API requires tokens."""
+    from ..cds.api import cds_blueprint
+    from ..cds.auth import CdsClientAuth, CdsClientRegistry
+    from ..cds.ehr_fhir import fetch_patient
+    from ..compliance.auth import SqlJtiCache
+    from .storage.cds_store import SqlCdsRecords
+
+    settings = components.settings
+    auth = None
+    if settings.auth_required:
+        registry = CdsClientRegistry.from_file(settings.cds_clients) if settings.cds_clients else CdsClientRegistry([])
+        auth = CdsClientAuth(registry, SqlJtiCache(components.engine))
+    else:
+        log.warning("CDS Hooks: no JWT is checked (auth_required is off; development mode)")
+    return cds_blueprint(
+        components.service,
+        audit=components.audit,
+        records=SqlCdsRecords(components.engine),
+        auth=auth,
+        lookback_days=settings.cds_lookback_days,
+        base_url=settings.base_url.rstrip("/") or None,
+        fetch_patient=fetch_patient,
+    )
 
 
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
@@ -181,6 +317,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     from ..monitoring.api import monitoring_blueprint
     from ..monitoring.wiring import install_monitoring
     from ..web import web_blueprint  # the pages for people (sign-in, worklist, study, audit, model)
+    from .storage.fhir_resource_store import SqlFhirResourceStore
 
     components = components or build_components(settings)
     monitoring = install_monitoring(components)  # idempotent
@@ -196,8 +333,11 @@ def create_app(settings: Settings | None = None, components: Components | None =
         base_url=base_url,
         find_draft=monitoring.drafts,
         receive_final_report=monitoring.fhir_report_receiver(),
+        resources=SqlFhirResourceStore(components.engine),
+        related=related_interfaces(components.settings),
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
+    app.register_blueprint(build_cds_door(components), url_prefix="/cds-services")
     app.register_blueprint(monitoring_blueprint(monitoring))
     app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app

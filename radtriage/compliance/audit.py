@@ -103,6 +103,10 @@ STUDY_RETRIEVED = _kind(
 )
 STUDY_SCORED = _kind("study-scored", "Study scored by the model", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal")
 JOB_FAILED = _kind("job-failed", "Triage job failed", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal")
+JOB_RETRY = _kind(
+    "job-retry", "Failed job retried, or its retry planned or given up", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE,
+    "internal",
+)  # fmt: skip
 RESULT_CREATED = _kind("result-created", "Triage result created", codes.DCM_PATIENT_RECORD, A.CREATE, "internal")
 PRIORITY_CHANGED = _kind("priority-changed", "Priority changed", codes.DCM_PATIENT_RECORD, A.UPDATE, "internal")
 RESULT_READ = _kind("result-read", "Result read or searched", codes.DCM_PATIENT_RECORD, A.READ, "inbound")
@@ -134,6 +138,22 @@ MODEL_CHANGED = _kind(
 RETENTION_PURGE = _kind(
     "retention-purge", "Derived data purged after the retention period", codes.DCM_STUDY_DELETED, A.DELETE, "internal"
 )
+# People using the web pages (issue 14): sign-out, the account lockout, accounts changed, studies claimed/read.
+LOGOUT = _kind("logout", "Signed out", codes.DCM_USER_AUTHENTICATION, A.EXECUTE, "inbound", codes.DCM_LOGOUT)
+ACCOUNT_LOCKED = _kind(
+    "account-locked", "Account locked after failed sign-ins", codes.DCM_SECURITY_ALERT, A.EXECUTE, "inbound",
+    codes.DCM_LOGIN,
+)  # fmt: skip
+SIGN_IN_THROTTLED = _kind(
+    "sign-in-throttled", "Sign-in refused (locked account or too many attempts)", codes.DCM_USER_AUTHENTICATION,
+    A.EXECUTE, "inbound", codes.DCM_LOGIN,
+)  # fmt: skip
+USER_ACCOUNT_CHANGED = _kind(
+    "user-account-changed", "Web user account changed", codes.DCM_SECURITY_ALERT, A.UPDATE, "internal",
+    codes.DCM_SECURITY_CONFIGURATION,
+)  # fmt: skip
+STUDY_CLAIMED = _kind("study-claimed", "Study claimed for reading", codes.DCM_PATIENT_RECORD, A.UPDATE, "inbound")
+STUDY_MARKED_READ = _kind("study-marked-read", "Study marked read", codes.DCM_PATIENT_RECORD, A.UPDATE, "inbound")
 APPLICATION_START = _kind(
     "application-start", "Service started", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal",
     codes.DCM_APPLICATION_START,
@@ -142,6 +162,23 @@ APPLICATION_STOP = _kind(
     "application-stop", "Service stopped", codes.DCM_APPLICATION_ACTIVITY, A.EXECUTE, "internal",
     codes.DCM_APPLICATION_STOP,
 )  # fmt: skip
+# Issue 10: what the model cannot see, and whether its priorities are acted on.
+FINDINGS_NOT_ASSESSED = _kind(
+    "findings-not-assessed", "Policy names findings the model cannot assess", codes.DCM_SECURITY_ALERT, A.EXECUTE,
+    "internal", codes.DCM_SOFTWARE_CONFIGURATION,
+)  # fmt: skip
+SHADOW_MODE_CHANGED = _kind(
+    "shadow-mode-changed", "Shadow mode switched on or off", codes.DCM_SECURITY_ALERT, A.UPDATE, "internal",
+    codes.DCM_SOFTWARE_CONFIGURATION,
+)  # fmt: skip
+SITE_VALIDATION_RECORDED = _kind(
+    "site-validation-recorded", "Site validation of the model recorded", codes.DCM_APPLICATION_ACTIVITY, A.CREATE,
+    "internal",
+)  # fmt: skip
+# Issue 13: CDS Hooks (radtriage.cds). A hook call that returns a patient's results is a RESULT_READ.
+CDS_FEEDBACK = _kind(
+    "cds-feedback", "CDS Hooks card feedback received", codes.DCM_PATIENT_RECORD, A.CREATE, "inbound"
+)
 del A
 
 EVENT_KINDS: dict[str, EventKind] = {
@@ -152,9 +189,11 @@ EVENT_KINDS: dict[str, EventKind] = {
         STUDY_RETRIEVED,
         STUDY_SCORED,
         JOB_FAILED,
+        JOB_RETRY,
         RESULT_CREATED,
         PRIORITY_CHANGED,
         RESULT_READ,
+        CDS_FEEDBACK,
         MESSAGE_SENT,
         AUDIT_READ,
         AUDIT_EXPORTED,
@@ -168,6 +207,15 @@ EVENT_KINDS: dict[str, EventKind] = {
         RETENTION_PURGE,
         APPLICATION_START,
         APPLICATION_STOP,
+        FINDINGS_NOT_ASSESSED,
+        SHADOW_MODE_CHANGED,
+        SITE_VALIDATION_RECORDED,
+        LOGOUT,
+        ACCOUNT_LOCKED,
+        SIGN_IN_THROTTLED,
+        USER_ACCOUNT_CHANGED,
+        STUDY_CLAIMED,
+        STUDY_MARKED_READ,
     )
 }
 

@@ -101,7 +101,7 @@ class AuditFilter:
 
     `action` is an AuditEvent.action code (C, R, U, D, E); `kind` a radtriage event code (``order-received``,
     ``authentication-failed``, ...); `client` a client id; `patient` a patient reference as recorded;
-    `outcome` 0, 4, 8 or 12.
+    `outcome` 0, 4, 8 or 12; `user` a person's user id (case-insensitive on SQLite, whose LIKE is).
     """
 
     start: datetime | None = None
@@ -111,6 +111,8 @@ class AuditFilter:
     kind: str | None = None
     client: str | None = None
     outcome: int | None = None
+    #: A person's user id (the agent with the user-id system), e.g. a web user name.
+    user: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("start", "end"):
@@ -142,6 +144,11 @@ class AuditFilter:
             query = query.where(c.client_id == self.client)
         if self.outcome is not None:
             query = query.where(c.outcome == self.outcome)
+        if self.user is not None:
+            # The user is not an indexed column: match the agent's identifier in the canonical resource text
+            # (sorted keys, no spaces), which is exactly how it is stored.
+            identifier = canonical_json({"system": codes.USER_ID_SYSTEM, "value": self.user})
+            query = query.where(c.resource.contains(identifier, autoescape=True))
         return query
 
 

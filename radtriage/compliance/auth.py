@@ -194,21 +194,25 @@ class Role(StrEnum):
 
 #: The most each role may be granted. A registration can narrow it, never widen it.
 ROLE_SCOPES: dict[Role, tuple[str, ...]] = {
+    # A report's reader may read what it links: the heatmap Binaries of its presentedForm and the orders
+    # (ServiceRequest, ImagingStudy) its basedOn and imagingStudy name.
     Role.EHR: (
-        "system/ImagingStudy.c",
-        "system/ServiceRequest.c",
+        "system/ImagingStudy.cr",
+        "system/ServiceRequest.crs",
         "system/Task.rs",
         "system/DiagnosticReport.rs",
         "system/Observation.rs",
+        "system/Binary.r",
         "system/Provenance.rs",
         "system/Device.rs",
     ),
     Role.RIS: (
-        "system/ImagingStudy.c",
-        "system/ServiceRequest.c",
+        "system/ImagingStudy.cr",
+        "system/ServiceRequest.crs",
         "system/Task.rs",
         "system/DiagnosticReport.rs",
         "system/Observation.rs",
+        "system/Binary.r",
     ),
     Role.COMPLIANCE: ("system/AuditEvent.rs", "system/Provenance.rs", "system/Device.rs"),
     Role.ADMIN: ("system/*.cruds",),

@@ -72,7 +72,10 @@ def verify_command(obj: Any, export_file: Path | None, against_database: bool) -
         if export_result.ok:
             click.echo(f"export OK: {export_result.records} record(s), {where}")
             return
-        click.echo(f"export BROKEN at record {export_result.first_broken_id}: {export_result.reason}", err=True)
+        if export_result.first_broken_id is None:  # not a record that is wrong: the file as a whole
+            click.echo(f"export NOT VERIFIED: {export_result.reason}", err=True)
+        else:
+            click.echo(f"export BROKEN at record {export_result.first_broken_id}: {export_result.reason}", err=True)
         sys.exit(1)
     log = _log(obj)
     result = log.verify()
@@ -106,6 +109,7 @@ def verify_command(obj: Any, export_file: Path | None, against_database: bool) -
 @click.option("--action", type=click.Choice(["C", "R", "U", "D", "E"], case_sensitive=False))
 @click.option("--kind", help="Only this radtriage event kind (order-received, authentication-failed, ...).")
 @click.option("--client", help="Only records of this client id.")
+@click.option("--user", help="Only records naming this person (user id, e.g. a web user name).")
 @click.option("--outcome", type=click.Choice(["0", "4", "8", "12"]))
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
@@ -120,6 +124,7 @@ def export_command(
     action: str | None,
     kind: str | None,
     client: str | None,
+    user: str | None,
     outcome: str | None,
     output: Path | None,
 ) -> None:
@@ -127,10 +132,10 @@ def export_command(
     log = _log(obj)
     try:
         if output is None:
-            summary = _export(log, sys.stdout, fmt, start, end, patient, action, kind, client, outcome)
+            summary = _export(log, sys.stdout, fmt, start, end, patient, action, kind, client, outcome, user)
         else:
             with output.open("w", encoding="utf-8", newline="") as out:
-                summary = _export(log, out, fmt, start, end, patient, action, kind, client, outcome)
+                summary = _export(log, out, fmt, start, end, patient, action, kind, client, outcome, user)
     except AuditQueryError as error:
         click.echo(f"error: {error.detail}", err=True)
         sys.exit(2)
@@ -142,7 +147,7 @@ def export_command(
 
 
 def _export(log: AuditLog, out: Any, fmt: str, *args: str | None) -> Any:
-    start, end, patient, action, kind, client, outcome = args
+    start, end, patient, action, kind, client, outcome, user = args
     return export_audit(
         log,
         out,
@@ -154,5 +159,6 @@ def _export(log: AuditLog, out: Any, fmt: str, *args: str | None) -> Any:
         kind=kind,
         client=client,
         outcome=outcome,
+        user=user,
         context=_operator(),
     )

@@ -85,6 +85,7 @@ DCM_USER_AUTHENTICATION: Final = Code(DCM_SYSTEM, "110114", "User Authentication
 DCM_APPLICATION_START: Final = Code(DCM_SYSTEM, "110120", "Application Start")
 DCM_APPLICATION_STOP: Final = Code(DCM_SYSTEM, "110121", "Application Stop")
 DCM_LOGIN: Final = Code(DCM_SYSTEM, "110122", "Login")
+DCM_LOGOUT: Final = Code(DCM_SYSTEM, "110123", "Logout")
 DCM_SECURITY_CONFIGURATION: Final = Code(DCM_SYSTEM, "110129", "Security Configuration")
 DCM_SOFTWARE_CONFIGURATION: Final = Code(DCM_SYSTEM, "110131", "Software Configuration")
 DCM_USE_OF_RESTRICTED_FUNCTION: Final = Code(DCM_SYSTEM, "110132", "Use of Restricted Function")

@@ -60,12 +60,25 @@ CSV_COLUMNS = (
     "action",
     "outcome",
     "client_id",
+    "user_id",
     "patient_ref",
     "content_sha256",
     "prev_hash",
     "hash",
     "resource",
 )
+#: The CSV header before the user column was added: such exports still verify.
+LEGACY_CSV_COLUMNS = tuple(c for c in CSV_COLUMNS if c != "user_id")
+
+
+def user_of(resource: dict[str, Any]) -> str | None:
+    """The person (agent with the user-id identifier) an AuditEvent names, if any."""
+    for agent in resource.get("agent") or []:
+        identifier = (agent.get("who") or {}).get("identifier") or {}
+        if identifier.get("system") == codes.USER_ID_SYSTEM:
+            value = identifier.get("value")
+            return str(value) if value is not None else None
+    return None
 
 
 class ExportFormat(StrEnum):
@@ -148,6 +161,7 @@ def build_filter(
     kind: str | None = None,
     client: str | None = None,
     outcome: str | int | None = None,
+    user: str | None = None,
 ) -> AuditFilter:
     """An `AuditFilter` from text (command-line options, query parameters); bad values raise `AuditQueryError`."""
     if kind is not None and kind not in EVENT_KINDS:
@@ -166,6 +180,7 @@ def build_filter(
         kind=kind,
         client=client or None,
         outcome=outcome_value,
+        user=user or None,
     )
 
 
@@ -304,6 +319,11 @@ def _proof_parameters(
     yield "]}"
 
 
+def _proof_row(row_type: str, row_id: int, **values: str) -> list[Any]:
+    """A CSV row of the chain proof: its type and id, the named columns, the rest empty."""
+    return [row_type, row_id, *(values.get(name, "") for name in CSV_COLUMNS[2:])]
+
+
 def write_export(connection: Connection, out: IO[str], audit_filter: AuditFilter, fmt: ExportFormat) -> ExportSummary:
     """Write the records matching `audit_filter` and their chain proof to `out`. Reads only; audits nothing."""
     head = read_head(connection)
@@ -331,6 +351,7 @@ def write_export(connection: Connection, out: IO[str], audit_filter: AuditFilter
                         event.action,
                         event.outcome,
                         event.client_id or "",
+                        user_of(event.resource()) or "",
                         event.patient_ref or "",
                         event.content_sha256,
                         event.prev_hash,
@@ -346,10 +367,10 @@ def write_export(connection: Connection, out: IO[str], audit_filter: AuditFilter
     links = _links(connection, start_id, head, exported) if start_id is not None else iter(())
     if csv_writer:
         for link_id, digest in links:
-            csv_writer.writerow(["link", link_id, "", "", "", "", "", "", digest, "", "", ""])
+            csv_writer.writerow(_proof_row("link", link_id, content_sha256=digest))
         if start_id is not None:
-            csv_writer.writerow(["start", start_id, "", "", "", "", "", "", "", start_prev, "", ""])
-        csv_writer.writerow(["head", head.id, "", "", "", "", "", "", "", "", head.hash, ""])
+            csv_writer.writerow(_proof_row("start", start_id, prev_hash=start_prev or ""))
+        csv_writer.writerow(_proof_row("head", head.id, hash=head.hash))
     else:
         chunks = _proof_parameters(head, start_id, start_prev, len(exported), links)
         if fmt is ExportFormat.BUNDLE:
@@ -375,12 +396,15 @@ def export_audit(
     client: str | None = None,
     outcome: str | int | None = None,
     context: AuditContext | None = None,
+    user: str | None = None,
 ) -> ExportSummary:
     """Parse the request, write the export, and audit it (a refused request is audited too, then re-raised).
 
     `context` is the compliance officer's or client's `AuditContext` (who asked, from where).
     """
-    requested = {"start": start, "end": end, "action": action, "kind": kind, "client": client, "outcome": outcome}
+    requested = {
+        "start": start, "end": end, "action": action, "kind": kind, "client": client, "outcome": outcome, "user": user,
+    }  # fmt: skip
     described = ",".join(f"{k}={v}" for k, v in requested.items() if v not in (None, ""))
     base = AuditRecord.in_context(
         AUDIT_EXPORTED,
@@ -392,7 +416,7 @@ def export_audit(
     try:
         export_format = ExportFormat.parse(fmt) if isinstance(fmt, str) else fmt
         audit_filter = build_filter(
-            start=start, end=end, patient=patient, action=action, kind=kind, client=client, outcome=outcome
+            start=start, end=end, patient=patient, action=action, kind=kind, client=client, outcome=outcome, user=user
         )
     except AuditQueryError as error:
         log.record(base.with_outcome(AuditOutcome.MINOR_FAILURE, error.code.value))
@@ -493,7 +517,7 @@ def _parse_json_resources(resources: Iterator[dict[str, Any]]) -> _Parsed:
 def _parse_csv(text: str) -> _Parsed:
     parsed = _Parsed({}, {})
     reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+    if tuple(reader.fieldnames or ()) not in (CSV_COLUMNS, LEGACY_CSV_COLUMNS):
         raise ValueError("the CSV header is not an audit export's")
     for row in reader:
         row_type, row_id = row["row_type"], int(row["id"])
@@ -513,6 +537,8 @@ def _parse_csv(text: str) -> _Parsed:
                 "client_id": values["client_id"] or "",
                 "patient_ref": values["patient_ref"] or "",
             }
+            if "user_id" in row:
+                columns["user_id"] = user_of(resource) or ""
             changed = [name for name, value in columns.items() if row[name] != value]
             if changed:
                 raise ValueError(f"record {row_id}: column {changed[0]} disagrees with its resource")
@@ -535,6 +561,10 @@ def _parse_csv(text: str) -> _Parsed:
 
 def _parse_export(text: str) -> _Parsed:
     stripped = text.lstrip()
+    if not stripped:
+        raise ValueError("the file is empty")
+    if not stripped.startswith(("{", "row_type")):
+        raise ValueError("it is neither FHIR JSON (NDJSON or a Bundle) nor a radtriage audit CSV")
     if stripped.startswith("{"):
         try:  # a Bundle is one JSON document (on one line or many); NDJSON is one document per line
             document = json.loads(stripped)
@@ -560,7 +590,13 @@ def verify_export(source: str | Path | IO[str], *, engine: Engine | None = None)
     count = len(parsed.records)
     head = parsed.head
     if head is None or head.id < 0 or not head.hash:
-        return ExportVerifyResult(False, count, None, None, "the export has no chain head")
+        return ExportVerifyResult(
+            False,
+            count,
+            None,
+            None,
+            "the export has no chain head (its proof comes last: the file may be truncated or not an audit export)",
+        )
     if parsed.duplicate is not None:
         return ExportVerifyResult(False, count, head, parsed.duplicate, f"record {parsed.duplicate} appears twice")
 

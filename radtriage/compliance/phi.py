@@ -9,6 +9,15 @@ reference. It rewrites the message, its arguments and the formatted traceback of
 Install it on every handler (`install_phi_filter`): filters on a logger do not see records that propagate from
 its children, filters on handlers see everything the handler writes.
 
+Protocol values that are not PHI but come from outside (MSH-3/4/9/10, a peer's certificate name, a RIS's ACK
+text) go through one sanitiser before they are logged, `log_value`: control characters are escaped, so a
+sender cannot forge log lines or drive a terminal with escape sequences, and long values are cut. The filter
+escapes control characters in every message as well, as a second line of defence.
+
+Third-party libraries log what they see: dicomweb-client writes Study/Series/SOP Instance UIDs at INFO, and
+retrying writes whole tracebacks with request URLs (which hold UIDs) at WARNING. `quiet_third_party_loggers`
+sets them to WARNING (retrying: ERROR) by default; the CLI calls it when it configures logging.
+
 `LogCollector` captures every formatted line (traceback included) so a test can assert that marker values
 never reach a log.
 """
@@ -32,6 +41,48 @@ MIN_VALUE_LENGTH = 3
 _SEGMENTS = re.compile(r"(?m)(?<![A-Z0-9])(PID|PD1|NK1|PV1|PV2|IN1|IN2|GT1|MRG)\|[^\r\n]*")
 #: FHIR literal references to a Patient (the id is an identifier of the patient).
 _PATIENT_REFERENCE = re.compile(r"\bPatient/[A-Za-z0-9\-.]{1,64}")
+
+
+#: Longest protocol value written to a log line (a hostile sender's 300-character MSH-3 is cut, not repeated).
+MAX_LOGGED_VALUE = 64
+#: C0 and C1 control characters and DEL; tab and newline are kept in whole messages (multi-line messages).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_EXCEPT_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+#: Third-party loggers and the lowest level they may log at by default.
+THIRD_PARTY_LOG_LEVELS = {
+    "dicomweb_client": logging.WARNING,  # logs every Study/Series/SOP Instance UID it retrieves at INFO
+    "retrying": logging.ERROR,  # logs a traceback with the request URL (UIDs) at WARNING on each retry
+    "urllib3": logging.WARNING,
+    "requests": logging.WARNING,
+    "pydicom": logging.WARNING,
+    "hl7apy": logging.WARNING,
+    "PIL": logging.WARNING,
+    "celery": logging.WARNING,
+    "kombu": logging.WARNING,
+    "waitress": logging.WARNING,
+}
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group(0)):02x}"
+
+
+def log_value(value: object, limit: int = MAX_LOGGED_VALUE) -> str:
+    """A protocol value made safe for a log line: control characters escaped (``\\x1b``), at most `limit`
+    characters of it kept (then ``…(+N)``). Use it for every value a sender chose (MSH fields, peer names)."""
+    text = _CONTROL.sub(_escape, "" if value is None else str(value))
+    if len(text) > limit:
+        return f"{text[:limit]}…(+{len(text) - limit})"
+    return text
+
+
+def quiet_third_party_loggers(levels: dict[str, int] | None = None) -> None:
+    """Raise the level of chatty third-party loggers (`THIRD_PARTY_LOG_LEVELS`) unless already set higher."""
+    for name, level in (levels or THIRD_PARTY_LOG_LEVELS).items():
+        logger = logging.getLogger(name)
+        if logger.level < level:
+            logger.setLevel(level)
 
 
 class PhiRegistry:
@@ -106,7 +157,7 @@ class PhiRedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string: keep the template only, never the arguments
             message = str(record.msg)
-        record.msg = redact(message, self.registry)
+        record.msg = _CONTROL_EXCEPT_LAYOUT.sub(_escape, redact(message, self.registry))
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
             # Format the traceback now, redacted; the formatter uses exc_text as it is.

@@ -82,10 +82,13 @@ from ..compliance.audit_store import AuditLog, AuditQueryError, StoredAuditEvent
 from ..compliance.auth import AuthError
 from ..compliance.export import ExportFormat, export_audit, filter_from_fhir_search
 from ..compliance.flask_auth import refusal_response, require_scope, smart_configuration_view
+from ..jsonwire import JsonBodyError, loads_capped
 from . import inbound, mapping, terminology
 from .capability import Operation, Route, SearchParam, Security, capability_statement
 from .devices import ModelLookup
 from .errors import RETRY_AFTER_SECONDS, http_outcome, operation_outcome
+from .kept_resources import Accepted, entry_references, entry_response, keep, rewritten, with_resource_ids
+from .resource_store import FhirResourceStore
 from .security import ReadAuditor, Returned, access_control, authenticated, demand_scope, with_request_context
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,7 @@ _EXPORT_EXTENSIONS: Final = {ExportFormat.NDJSON: "ndjson", ExportFormat.BUNDLE:
 _SP = "http://hl7.org/fhir/SearchParameter"
 SEARCH_PARAMS: Final[dict[str, tuple[SearchParam, ...]]] = {
     "Task": (
+        SearchParam("based-on", "reference", f"{_SP}/Task-based-on", "ServiceRequest/<id> (or the bare id)"),
         SearchParam("status", "token", f"{_SP}/Task-status", "task-status code; comma-separated values are OR"),
         SearchParam("priority", "token", f"{_SP}/Task-priority", "routine | urgent | asap | stat"),
     ),
@@ -136,6 +140,11 @@ SEARCH_PARAMS: Final[dict[str, tuple[SearchParam, ...]]] = {
             "Patient/<id> (or the bare id); subject:identifier=system|value for subjects given by identifier",
         ),
         SearchParam("status", "token", f"{_SP}/DiagnosticReport-status", "every report here is 'preliminary'"),
+    ),
+    "ServiceRequest": (
+        SearchParam("identifier", "token", f"{_SP}/clinical-identifier", "system|value, or value in any system"),
+        SearchParam("patient", "reference", f"{_SP}/clinical-patient", "Patient/<id> (or the bare id)"),
+        SearchParam("subject", "reference", f"{_SP}/ServiceRequest-subject", "Patient/<id> (or the bare id)"),
     ),
     "Provenance": (
         SearchParam(
@@ -166,6 +175,8 @@ def fhir_blueprint(
     base_url: str | None = None,
     find_draft: Callable[[str], str | None] | None = None,
     receive_final_report: Callable[[Any], tuple[JsonObject, int]] | None = None,
+    resources: FhirResourceStore | None = None,
+    related: Sequence[str] = (),
 ) -> Blueprint:
     """The FHIR door over `service`.
 
@@ -174,7 +185,10 @@ def fhir_blueprint(
     the request's). Access control is whatever the app installed (`flask_auth.install_access_control`).
     `find_draft` gives the draft report text to send for a job id (drafting mode "on"; `radtriage.monitoring`),
     and `receive_final_report` takes radiologists' final reports (``POST /DiagnosticReport``); without them
-    reports carry no draft and the route does not exist.
+    reports carry no draft and the route does not exist. `resources` keeps the ServiceRequests and
+    ImagingStudies that orders came as, served at ``ServiceRequest/<id>`` and ``ImagingStudy/<id>``; without it
+    those routes do not exist. `related` are sentences about the service's other interfaces for the
+    CapabilityStatement's documentation.
     """
     blueprint = Blueprint("fhir", __name__)
     prefixes: list[str] = []
@@ -211,33 +225,59 @@ def fhir_blueprint(
             auditor.read(RESULT_READ, Returned(f"Task/{job.id}", patient_ref), request="create of a known order")
         return task, job, created
 
+    def accept(order: ImagingOrder, request_json: Any = None, study_json: Any = None) -> Accepted:
+        """Submit the order, then keep the ServiceRequest and ImagingStudy it came as under the ids its
+        references use (see `_with_resource_ids`), so that ``basedOn`` points at a readable resource."""
+        task, job, created = submit(order)
+        stored = service.order(job.order_id)
+        if resources is not None:
+            for resource, reference in (
+                (request_json, stored.service_request_ref),
+                (study_json, stored.imaging_study_ref),
+            ):
+                keep(resources, resource, reference, stored)
+        return Accepted(task, job, created, stored)
+
     def post_imaging_study() -> Response:
-        """Accepts the ImagingStudy as a triage order and returns its Task; the study itself is not stored."""
-        order = inbound.order_from_imaging_study(_read_json_body())
-        return _created_or_existing(*submit(order), fhir_base())
+        """Accepts the ImagingStudy as a triage order and returns its Task; the study is kept (ImagingStudy/<id>)."""
+        body = _read_json_body()
+        order = with_resource_ids(inbound.order_from_imaging_study(body), resources, study=True)
+        accepted = accept(order, study_json=body)
+        return _created_or_existing(accepted.task, accepted.job, accepted.created, fhir_base())
 
     def post_service_request() -> Response:
-        """Accepts the ServiceRequest (with the study UID in its identifier) as a triage order; returns its Task."""
-        order = inbound.order_from_service_request(_read_json_body())
-        return _created_or_existing(*submit(order), fhir_base())
+        """Accepts the ServiceRequest (with the study UID in its identifier or supportingInfo) as a triage order;
+        returns its Task, whose ``basedOn`` is the kept ServiceRequest."""
+        body = _read_json_body()
+        order = with_resource_ids(inbound.order_from_service_request(body), resources, request=True)
+        accepted = accept(order, request_json=body)
+        return _created_or_existing(accepted.task, accepted.job, accepted.created, fhir_base())
 
     def post_transaction() -> Response:
-        """Transaction of ServiceRequest and ImagingStudy entries; every entry's response is its order's Task."""
+        """Transaction of ServiceRequest and ImagingStudy entries; each entry's response names its own resource,
+        and an informational issue names the Task of its order."""
         body = _read_json_body()
         for resource_type in _entry_types(body):  # authorisation before any other look at the content
             demand_scope(f"system/{resource_type}.c")
         found = inbound.orders_from_transaction(body)  # checks every entry before anything is stored
-        responses: dict[int, mapping.EntryResponse] = {}
-        for item in found:
-            task, job, created = submit(item.order)
-            response = mapping.EntryResponse(
-                status="201 Created" if created else "200 OK",
-                location=f"Task/{job.id}",
-                resource=task,
-                last_modified=job.updated_at,
+        entries = body["entry"]
+        orders = [
+            with_resource_ids(
+                item.order, resources, request=item.request_index is not None, study=item.study_index is not None
             )
+            for item in found
+        ]
+        # R4 http 3.1.0.11.2: references to an entry's fullUrl become references to the resource as stored.
+        new_names = entry_references(entries, found, orders)
+        responses: dict[int, mapping.EntryResponse] = {}
+        for item, order in zip(found, orders, strict=True):
+            request_json, study_json = (
+                rewritten(entries[index]["resource"], new_names) if index is not None else None
+                for index in (item.request_index, item.study_index)
+            )
+            accepted = accept(order, request_json, study_json)
             for index in item.entry_indexes:
-                responses[index] = response
+                responses[index] = entry_response(resources, accepted, index, item)
         bundle = mapping.transaction_response([responses[i] for i in sorted(responses)], base_url=fhir_base())
         return _fhir_response(bundle)
 
@@ -260,21 +300,33 @@ def fhir_blueprint(
         count, offset = _paging()
         jobs: list[Job] = []
         total = 0
-        # A filter that no job can satisfy matches nothing; the store would read an empty list as "any".
-        if (states is None or states) and (priorities is None or priorities):
+        based_on = _single_reference(args.get("based-on", []), "based-on", "ServiceRequest")
+        if based_on is not None:
+            # One order per ServiceRequest: its Task, if it passes the other filters.
+            jobs = [
+                job
+                for job in [_job_based_on(service, resources, based_on)]
+                if job is not None
+                and (states is None or job.state in states)
+                and (priorities is None or job.priority in priorities)
+            ]
+            total = len(jobs)
+            jobs = jobs[offset:]
+        elif (states is None or states) and (priorities is None or priorities):
+            # A filter that no job can satisfy matches nothing; the store would read an empty list as "any".
             jobs, total = service.store.list_jobs(
                 states=sorted(states) if states else None,
                 priorities=priorities,
                 offset=offset,
                 limit=max(count, 1),
             )
-        resources, returned = [], []
+        tasks, returned = [], []
         for job in jobs[:count]:
             order = service.order(job.order_id)
-            resources.append(_task(service, job, order=order))
+            tasks.append(_task(service, job, order=order))
             returned.append(Returned(f"Task/{job.id}", order.patient_ref))
         auditor.search(RESULT_READ, returned)
-        return _searchset("Task", resources, total, args, count, offset, fhir_base())
+        return _searchset("Task", tasks, total, args, count, offset, fhir_base())
 
     @refusals_audited(RESULT_READ, "DiagnosticReport")
     def read_report(report_id: str) -> Response:
@@ -286,6 +338,7 @@ def fhir_blueprint(
             result,
             draft=find_draft(job.id) if find_draft else None,
             heatmap_labels=service.store.heatmap_labels(job.id),
+            base_url=fhir_base(),
         )
         auditor.read(RESULT_READ, Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
         return _fhir_response(report)
@@ -316,7 +369,11 @@ def fhir_blueprint(
             order = service.order(job.order_id)
             draft = find_draft(job.id) if find_draft else None
             heatmaps = service.store.heatmap_labels(job.id)
-            resources.append(mapping.diagnostic_report(order, job, result, draft=draft, heatmap_labels=heatmaps))
+            resources.append(
+                mapping.diagnostic_report(
+                    order, job, result, draft=draft, heatmap_labels=heatmaps, base_url=fhir_base()
+                )
+            )
             returned.append(Returned(f"DiagnosticReport/{job.id}", order.patient_ref))
         auditor.search(RESULT_READ, returned, searched_patient=patient_ref)
         return _searchset("DiagnosticReport", resources, total, args, count, offset, fhir_base())
@@ -358,6 +415,54 @@ def fhir_blueprint(
         assert receive_final_report is not None  # the route exists only with it
         outcome, status = receive_final_report(_read_json_body())
         return _fhir_response(outcome, status)
+
+    # ------------------------------------------------------------------ the order resources, as the EHR sent them
+
+    def read_kept(resource_type: str, resource_id: str) -> Response:
+        kept = resources.get(resource_type, _checked_id(resource_id, resource_type)) if resources else None
+        if kept is None:
+            raise TriageError(ErrorCode.NOT_FOUND, f"no {resource_type} with this id")
+        auditor.read(RESULT_READ, Returned(f"{resource_type}/{kept.id}", kept.patient_ref))
+        return _fhir_response(kept.resource)
+
+    @refusals_audited(RESULT_READ, "ServiceRequest")
+    def read_service_request(request_id: str) -> Response:
+        """A ServiceRequest an order came as, as the EHR sent it (the id is the EHR's, or the one assigned here)."""
+        return read_kept("ServiceRequest", request_id)
+
+    @refusals_audited(RESULT_READ, "ImagingStudy")
+    def read_imaging_study(study_id: str) -> Response:
+        """An ImagingStudy an order came as, as the EHR sent it (references to Bundle entries resolved)."""
+        return read_kept("ImagingStudy", study_id)
+
+    def search_service_requests() -> Response:
+        """ServiceRequests kept here, newest first, by identifier and patient."""
+        assert resources is not None  # the route exists only with it
+        args = _search_args("ServiceRequest")
+        identifier = _single_value(args.get("identifier", []), "identifier")
+        token = None
+        if identifier is not None:
+            system, bar, value = identifier.rpartition("|")
+            token = (system if bar else None, value)
+        patient_ref = _single_reference(args.get("patient", []), "patient", "Patient")
+        subject_ref = _single_reference(args.get("subject", []), "subject", "Patient")
+        if patient_ref and subject_ref and patient_ref != subject_ref:
+            raise TriageError(ErrorCode.INVALID_INPUT, "patient and subject disagree")
+        count, offset = _paging()
+        found, total = resources.search(
+            "ServiceRequest",
+            identifier=token,
+            patient_ref=patient_ref or subject_ref,
+            offset=offset,
+            limit=max(count, 1),
+        )
+        shown = found[:count]
+        auditor.search(
+            RESULT_READ,
+            [Returned(f"ServiceRequest/{k.id}", k.patient_ref) for k in shown],
+            searched_patient=patient_ref or subject_ref,
+        )
+        return _searchset("ServiceRequest", [k.resource for k in shown], total, args, count, offset, fhir_base())
 
     # ------------------------------------------------------------------ provenance of AI output
 
@@ -497,6 +602,7 @@ def fhir_blueprint(
             base_url=fhir_base(),
             operations={AUDIT_EXPORT.name: AUDIT_EXPORT},
             security=security,
+            related=related,
         )
         return _fhir_response(statement)
 
@@ -528,6 +634,12 @@ def fhir_blueprint(
     ]
     if receive_final_report is not None:
         routes.append(("/DiagnosticReport", post_final_report, "POST", "system/DiagnosticReport.c"))
+    if resources is not None:
+        routes += [
+            ("/ServiceRequest", search_service_requests, "GET", "system/ServiceRequest.s"),
+            ("/ServiceRequest/<request_id>", read_service_request, "GET", "system/ServiceRequest.r"),
+            ("/ImagingStudy/<study_id>", read_imaging_study, "GET", "system/ImagingStudy.r"),
+        ]
     for rule, view, method, scope in routes:
         guarded = view
         if scope is not None:
@@ -617,6 +729,13 @@ def _provenance_target(service: TriageService, target: str) -> tuple[ImagingOrde
     if f"{resource_type}/{resource_id}" not in mapping.provenance_targets(job, result):
         return None
     return order, job, result
+
+
+def _job_based_on(service: TriageService, resources: FhirResourceStore | None, reference: str) -> Job | None:
+    """The job of the order that came as the ServiceRequest `reference` names (``ServiceRequest/<id>``)."""
+    resource_type, _, resource_id = reference.partition("/")
+    kept = resources.get(resource_type, resource_id) if resources and resource_type == "ServiceRequest" else None
+    return service.store.job_for_order(kept.order_id) if kept is not None else None
 
 
 def _entry_types(body: Any) -> list[str]:
@@ -715,16 +834,11 @@ def _read_json_body() -> Any:
         raise _HttpProblem(415, "FHIR JSON is UTF-8; other charsets are not accepted")
     # Werkzeug stops reading past this limit, also for chunked bodies that announce no length (413).
     request.max_content_length = MAX_BODY_BYTES
-    raw = request.get_data(cache=False)
     try:
-        return json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError):
-        # The parser's message quotes the body; the client gets a fixed text.
-        raise TriageError(ErrorCode.INVALID_INPUT, "the body is not valid JSON") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # NaN and Infinity are Python extensions, not JSON
+        # Nesting is capped before the parser runs (it recurses per level); its messages are fixed texts.
+        return loads_capped(request.get_data(cache=False))
+    except JsonBodyError as error:
+        raise TriageError(ErrorCode.INVALID_INPUT, str(error)) from None
 
 
 class _HttpProblem(HTTPException):

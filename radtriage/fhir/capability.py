@@ -111,10 +111,13 @@ def capability_statement(
     base_url: str,
     operations: Mapping[str, Operation] | None = None,
     security: Security | None = None,
+    related: Sequence[str] = (),
 ) -> JsonObject:
     """The server's CapabilityStatement (kind ``instance``) for `routes` served at `base_url`.
 
-    `operations` describes each ``/$<name>`` route by name (a route without a description is an error).
+    `operations` describes each ``/$<name>`` route by name (a route without a description is an error);
+    `related` are sentences about the service's other standard interfaces (CDS Hooks, DICOM results), appended
+    to ``rest.documentation``.
     """
     resources: dict[str, list[JsonObject]] = {}
     system_interactions: list[JsonObject] = []
@@ -161,11 +164,13 @@ def capability_statement(
         "mode": "server",
         "documentation": (
             "Chest X-ray triage. POST an ImagingStudy, a ServiceRequest or a transaction Bundle holding them; "
-            "the answer is a Task to poll. Results are a preliminary DiagnosticReport with one Observation per "
-            "finding, labelled AIAST (AI asserted), with a Provenance naming the model's Device. Every read and "
-            "search of results and of the audit trail (AuditEvent, $audit-export) is audited. Searches are "
-            "strict: an unknown parameter is an error unless the request says 'Prefer: handling=lenient'. "
-            "_count (at most 100) and _offset page the results."
+            "the answer is a Task to poll (in a transaction, each entry names its own kept resource and the Task "
+            "is found with Task?based-on=ServiceRequest/<id>). Results are a preliminary DiagnosticReport with "
+            "one Observation per finding, labelled AIAST (AI asserted), with a Provenance naming the model's "
+            "Device. Every read and search of results and of the audit trail (AuditEvent, $audit-export) is "
+            "audited. Searches are strict: an unknown parameter is an error unless the request says "
+            "'Prefer: handling=lenient'. "
+            "_count (at most 100) and _offset page the results." + "".join(f" {sentence}" for sentence in related)
         ),
         "resource": rest_resources,
     }

@@ -58,6 +58,7 @@ from ..app.core.domain import ImagingOrder, Priority
 from ..app.core.errors import ErrorCode, TriageError
 from ..app.core.uids import UID_RULE, is_dicom_uid
 from . import terminology as t
+from .strict_json import primitive_type_problems
 
 JsonObject = dict[str, Any]
 R = TypeVar("R", bound=Resource)
@@ -96,16 +97,25 @@ def order_from_service_request(sr: JsonObject, study: JsonObject | None = None) 
 
 @dataclass(frozen=True)
 class TransactionOrder:
-    """One order found in a transaction Bundle and the entries (0-based) it was built from."""
+    """One order found in a transaction Bundle and the entries (0-based) it was built from.
+
+    `request_index` and `study_index` say which entry was the ServiceRequest and which the ImagingStudy (None
+    when the order had no such entry), so that each entry's response can name its own resource.
+    """
 
     order: ImagingOrder
     entry_indexes: tuple[int, ...]
+    request_index: int | None = None
+    study_index: int | None = None
 
 
 def orders_from_transaction(bundle: JsonObject) -> list[TransactionOrder]:
     """Every order in a transaction Bundle, in entry order; all entries are checked before any is returned.
 
     FHIR R4 http 3.1.0.11.2: a transaction succeeds or fails as a whole, so one bad entry refuses the Bundle.
+    A ServiceRequest and an ImagingStudy are one order when the study's ``basedOn`` names the request or the
+    request's ``supportingInfo`` names the study (by the entry's ``fullUrl``, ``Type/<id>``, or an absolute URL
+    ending in it: R4 Bundle 2.36.4.1 resolves references against the entries' fullUrls).
     """
     parsed = parse_resource(bundle, Bundle)
     if parsed.type != "transaction":
@@ -118,34 +128,21 @@ def orders_from_transaction(bundle: JsonObject) -> list[TransactionOrder]:
 
     requests: dict[int, tuple[ServiceRequest, str | None]] = {}
     studies: dict[int, tuple[ImagingStudy, str | None]] = {}
-    #: fullUrl and "ServiceRequest/<id>" of every ServiceRequest entry → its index, to resolve basedOn.
+    #: The names each entry goes by within the Bundle → its index, to resolve basedOn and supportingInfo.
     request_keys: dict[str, int] = {}
+    study_keys: dict[str, int] = {}
     for index, entry in enumerate(entries):
         path = f"Bundle.entry[{index}]"
         resource, resource_id = _transaction_entry(entry, path)
         if isinstance(resource, ServiceRequest):
             requests[index] = (resource, resource_id)
-            if entry.fullUrl:
-                request_keys[entry.fullUrl] = index
-            if resource_id:
-                request_keys[f"ServiceRequest/{resource_id}"] = index
+            request_keys.update(dict.fromkeys(_entry_names(entry.fullUrl, "ServiceRequest", resource_id), index))
         elif isinstance(resource, ImagingStudy):
             studies[index] = (resource, resource_id)
+            study_keys.update(dict.fromkeys(_entry_names(entry.fullUrl, "ImagingStudy", resource_id), index))
 
-    study_for_request: dict[int, int] = {}
-    lone_studies: list[int] = []
-    for index, (study, _) in studies.items():
-        linked = _linked_request(study, request_keys)
-        if linked is None:
-            lone_studies.append(index)
-        elif linked in study_for_request:
-            raise TriageError(
-                ErrorCode.UNSUPPORTED,
-                "a ServiceRequest may be fulfilled by one ImagingStudy here; submit one order per study",
-                location=f"Bundle.entry[{index}].resource.basedOn",
-            )
-        else:
-            study_for_request[linked] = index
+    study_for_request = _pair_requests_and_studies(requests, studies, request_keys, study_keys)
+    paired_studies = set(study_for_request.values())
 
     found: list[TransactionOrder] = []
     for index, (request, request_id) in requests.items():
@@ -158,12 +155,71 @@ def orders_from_transaction(bundle: JsonObject) -> list[TransactionOrder]:
             request, path=f"Bundle.entry[{index}].resource", resource_id=request_id, study=study_part
         )
         indexes = (index,) if study_index is None else tuple(sorted((index, study_index)))
-        found.append(TransactionOrder(order, indexes))
-    for index in lone_studies:
-        study, study_id = studies[index]
+        found.append(TransactionOrder(order, indexes, request_index=index, study_index=study_index))
+    for index, (study, study_id) in studies.items():
+        if index in paired_studies:
+            continue
         order = _order_from_study(study, path=f"Bundle.entry[{index}].resource", resource_id=study_id)
-        found.append(TransactionOrder(order, (index,)))
+        found.append(TransactionOrder(order, (index,), study_index=index))
     return sorted(found, key=lambda item: item.entry_indexes[0])
+
+
+def _entry_names(full_url: str | None, resource_type: str, resource_id: str | None) -> list[str]:
+    """What a reference inside the Bundle may call an entry: its fullUrl, ``Type/<id>`` and the fullUrl's tail."""
+    names = []
+    if full_url:
+        names.append(full_url)
+        tail = re.search(rf"(?:^|/)({resource_type}/[A-Za-z0-9\-.]{{1,64}})$", full_url)
+        if tail:
+            names.append(tail.group(1))
+    if resource_id:
+        names.append(f"{resource_type}/{resource_id}")
+    return names
+
+
+def _pair_requests_and_studies(
+    requests: Mapping[int, tuple[ServiceRequest, str | None]],
+    studies: Mapping[int, tuple[ImagingStudy, str | None]],
+    request_keys: Mapping[str, int],
+    study_keys: Mapping[str, int],
+) -> dict[int, int]:
+    """ServiceRequest entry → the one ImagingStudy entry that fulfils it (by basedOn or by supportingInfo)."""
+    pairs: dict[int, int] = {}
+
+    def pair(request_index: int, study_index: int, location: str) -> None:
+        taken = pairs.get(request_index, study_index) != study_index
+        shared = study_index in pairs.values() and pairs.get(request_index) != study_index
+        if taken or shared:
+            raise TriageError(
+                ErrorCode.UNSUPPORTED,
+                "a ServiceRequest may be fulfilled by one ImagingStudy here, and an ImagingStudy may fulfil one "
+                "ServiceRequest; submit one order per study",
+                location=location,
+            )
+        pairs[request_index] = study_index
+
+    for index, (study, _) in studies.items():
+        for n, based_on in enumerate(study.basedOn or []):
+            linked = _resolve(based_on, request_keys)
+            if linked is not None:
+                pair(linked, index, f"Bundle.entry[{index}].resource.basedOn[{n}]")
+    for index, (request, _) in requests.items():
+        for n, info in enumerate(request.supportingInfo or []):
+            linked = _resolve(info, study_keys)
+            if linked is not None:
+                pair(index, linked, f"Bundle.entry[{index}].resource.supportingInfo[{n}]")
+    return pairs
+
+
+def _resolve(reference: Reference, keys: Mapping[str, int]) -> int | None:
+    """The entry a reference names, by exact fullUrl or by its ``Type/<id>`` tail; None when none does."""
+    value = _HISTORY_SUFFIX.sub("", (reference.reference or "").strip())
+    if not value:
+        return None
+    if value in keys:
+        return keys[value]
+    tail = re.search(r"(?:^|/)([A-Za-z]+/[A-Za-z0-9\-.]{1,64})$", value)
+    return keys.get(tail.group(1)) if tail else None
 
 
 def parse_resource(payload: object, model: type[R], *, path: str | None = None) -> R:
@@ -176,6 +232,11 @@ def parse_resource(payload: object, model: type[R], *, path: str | None = None) 
     if actual != expected:
         what = f"'{actual}'" if isinstance(actual, str) and _FHIR_ID.fullmatch(actual) else "no resourceType"
         raise TriageError(ErrorCode.INVALID_INPUT, f"expected a {expected} resource, got {what}", location=path)
+    misfits = list(primitive_type_problems(payload, model, where))
+    if misfits:
+        listed = "; ".join(f"{location}: {message}" for location, message in misfits[:5])
+        extra = f" (and {len(misfits) - 5} more)" if len(misfits) > 5 else ""
+        raise TriageError(ErrorCode.INVALID_INPUT, f"invalid {expected}: {listed}{extra}", location=misfits[0][0])
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -215,14 +276,6 @@ def _transaction_entry(entry: BundleEntry, path: str) -> tuple[Resource, str | N
         url_id = (entry.request.url or "").rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
         resource_id = url_id if _FHIR_ID.fullmatch(url_id) and url_id != resource.get_resource_type() else None
     return resource, resource_id
-
-
-def _linked_request(study: ImagingStudy, request_keys: Mapping[str, int]) -> int | None:
-    for based_on in study.basedOn or []:
-        reference = (based_on.reference or "").strip()
-        if reference in request_keys:
-            return request_keys[reference]
-    return None
 
 
 def _order_from_study(study: ImagingStudy, *, path: str, resource_id: str | None) -> ImagingOrder:
@@ -287,6 +340,14 @@ def _order_from_request(
     patient_ref = _patient_ref(request.subject, f"{path}.subject")
 
     uid = _study_uid(request.identifier, path, accept_uri_system=False)
+    named_by_reference = _supporting_study_uid(request.supportingInfo, path)
+    if uid is not None and named_by_reference is not None and uid != named_by_reference:
+        raise TriageError(
+            ErrorCode.INVALID_INPUT,
+            "the ServiceRequest's identifier and its supportingInfo name different Study Instance UIDs",
+            location=f"{path}.supportingInfo",
+        )
+    uid = uid or named_by_reference
     study_order: ImagingOrder | None = None
     if study is not None:
         study_resource, study_path, study_id = study
@@ -308,7 +369,8 @@ def _order_from_request(
         raise TriageError(
             ErrorCode.INVALID_INPUT,
             "no Study Instance UID: give the ServiceRequest an identifier with system urn:dicom:uid (or type "
-            "DCM 110180) and value urn:oid:<uid>, or send it with its ImagingStudy in a transaction",
+            "DCM 110180) and value urn:oid:<uid>, a supportingInfo naming the ImagingStudy by that identifier, or "
+            "send it with its ImagingStudy in a transaction (ImagingStudy.basedOn or ServiceRequest.supportingInfo)",
             location=f"{path}.identifier",
         )
 
@@ -366,6 +428,17 @@ def _study_uid(identifiers: Sequence[Identifier] | None, path: str, *, accept_ur
             ErrorCode.INVALID_INPUT, "more than one Study Instance UID is given", location=f"{path}.identifier"
         )
     return found.pop() if found else None
+
+
+def _supporting_study_uid(references: Sequence[Reference] | None, path: str) -> str | None:
+    """The Study Instance UID of an ImagingStudy that ``supportingInfo`` names by identifier (a logical reference
+    with system ``urn:dicom:uid``), or None."""
+    identifiers = [
+        reference.identifier
+        for reference in references or []
+        if reference.identifier is not None and reference.type in (None, "ImagingStudy")
+    ]
+    return _study_uid(identifiers, f"{path}.supportingInfo", accept_uri_system=False) if identifiers else None
 
 
 def _patient_ref(subject: Reference | None, path: str) -> str:

@@ -34,13 +34,14 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.task import Task
 
 from ..app.core.domain import FindingScore, ImagingOrder, Job, JobState, ModelIdentity, TriageResult
-from ..app.core.errors import ErrorCode
+from ..app.core.errors import ErrorCode, waiting_text
 from ..compliance.provenance import device_id, device_resource, label_ai_asserted, provenance_resource
 from . import terminology as t
 
 JsonObject = dict[str, Any]
 
 #: A literal reference to a Patient, relative or absolute, without a version (R4 References, 2.3.0.1).
+_HISTORY = re.compile(r"/_history/[^/]+$")
 _PATIENT_REFERENCE = re.compile(r"(?:(?:https?://\S+/)?)Patient/[A-Za-z0-9\-.]{1,64}")
 
 UNTRAINED_PLACEHOLDER_WARNING: Final = (
@@ -114,16 +115,17 @@ def heatmap_binary(job_id: str, n: int, png: bytes, report_ref: str) -> JsonObje
 
 
 def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) -> JsonObject:
-    """The FHIR Task that tracks one job (id = job id)."""
+    """The FHIR Task that tracks one job (id = job id).
+
+    A job that failed for a reason that may go away and will be tried again (`Job.waiting_to_retry`) is still
+    ``in-progress`` for the client, with a business status that says what it waits for ("waiting for PACS") and
+    the last failure as ``statusReason``; it becomes ``failed`` only when its retries are given up."""
     task: JsonObject = {
         "resourceType": "Task",
         "id": job.id,
         "meta": _meta(job.updated_at, result),
-        "status": task_status(job.state),
-        "businessStatus": {
-            "coding": [{"system": t.JOB_STATE_SYSTEM, "code": job.state.value}],
-            "text": f"pipeline state: {job.state.value}",
-        },
+        "status": "in-progress" if job.waiting_to_retry else task_status(job.state),
+        "businessStatus": _business_status(job),
         "intent": "order",
         "priority": job.priority.code,
         "code": _triage_concept(),
@@ -142,7 +144,7 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
         task["basedOn"] = [_service_request_reference(order)]
     if job.created_at is not None:
         task["executionPeriod"] = {"start": _instant(job.created_at)}
-        if job.state.is_terminal and job.updated_at is not None:
+        if job.state.is_terminal and not job.waiting_to_retry and job.updated_at is not None:
             task["executionPeriod"]["end"] = _instant(job.updated_at)
     if job.state is JobState.FAILED:
         task["statusReason"] = _failure_reason(job)
@@ -157,11 +159,22 @@ def task_resource(job: Job, order: ImagingOrder, result: TriageResult | None) ->
             task["output"].append(
                 {"type": _triage_concept("priority-reason", "Why this priority"), "valueString": result.priority_reason}
             )
+        if result.shadow and result.model_priority is not None:
+            # Task.priority stays the order's; what the model would have set is an output, never the priority.
+            task["output"].append(
+                {
+                    "type": _triage_concept("shadow-model-priority", "Priority the model would have set (shadow mode)"),
+                    "valueCode": result.model_priority.code,
+                }
+            )
     if result is not None:
         # The model decided the Task's priority and produced its output (R4 Task.owner may be a Device).
         task["owner"] = device_reference(result.model)
-        if result.model.placeholder:
-            task["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
+        notes = [UNTRAINED_PLACEHOLDER_WARNING] if result.model.placeholder else []
+        if result.shadow:
+            notes.append(shadow_note(result))
+        if notes:
+            task["note"] = [{"text": text} for text in notes]
     return _dump(Task, task)
 
 
@@ -172,13 +185,15 @@ def diagnostic_report(
     *,
     draft: str | None = None,
     heatmap_labels: Sequence[str] = (),
+    base_url: str | None = None,
 ) -> JsonObject:
     """The preliminary triage report of a scored job (id = job id), pointing at one Observation per finding.
 
     With a `draft` (a routine study drafted by `radtriage.model.drafting`, drafting mode "on"), the draft is the
     conclusion and also the ``presentedForm`` (text/plain, UTF-8, base64); the status stays ``preliminary``,
     because a radiologist signs the report. Each of `heatmap_labels` (positive findings whose heatmap the worker
-    stored) adds a ``presentedForm`` PNG by reference, ``Binary/heatmap-<job id>-<n>``.
+    stored) adds a ``presentedForm`` PNG by reference, ``<base_url>/Binary/heatmap-<job id>-<n>``: an absolute URL
+    (R4 allows a relative one in Attachment.url, but widely used clients such as fhir.resources 6 refuse it).
     """
     report: JsonObject = {
         "resourceType": "DiagnosticReport",
@@ -198,8 +213,8 @@ def diagnostic_report(
         "issued": _instant(result.created_at or job.updated_at),
         "imagingStudy": [_study_reference(order)],
         "result": [
-            {"reference": f"Observation/{observation_id(job.id, n)}", "display": finding.label}
-            for n, finding in enumerate(result.findings, start=1)
+            {"reference": f"Observation/{observation_id(job.id, n)}", "display": display}
+            for n, display in enumerate(_report_item_displays(result), start=1)
         ],
         "conclusion": conclusion(result),
     }
@@ -218,7 +233,7 @@ def diagnostic_report(
         report.setdefault("presentedForm", []).extend(
             {
                 "contentType": "image/png",
-                "url": f"Binary/{heatmap_binary_id(job.id, n)}",
+                "url": f"{base_url.rstrip('/') + '/' if base_url else ''}Binary/{heatmap_binary_id(job.id, n)}",
                 "title": f"Heatmap, {label}: where the model looked (Grad-CAM over the image the model saw)",
                 "creation": _instant(result.created_at or job.updated_at),
             }
@@ -229,9 +244,21 @@ def diagnostic_report(
     return _dump(DiagnosticReport, report)
 
 
+def shadow_note(result: TriageResult) -> str:
+    """What shadow mode means for this result, in one sentence a reader of the Task or report can act on."""
+    would = result.model_priority.code.upper() if result.model_priority is not None else "(unknown)"
+    return (
+        f"SHADOW MODE: the model would have set priority {would}; the order keeps priority "
+        f"{result.priority.code.upper()} and no priority update was sent. The model's priorities are not acted "
+        "on at this site until a site validation is recorded (or an operator switches shadow mode off)."
+    )
+
+
 def conclusion(result: TriageResult) -> str:
     """The report's conclusion: placeholder warning first, then the priority, then the positive findings."""
     lines = [UNTRAINED_PLACEHOLDER_WARNING] if result.model.placeholder else []
+    if result.shadow:
+        lines.append(shadow_note(result))
     reason = f" ({result.priority_reason})" if result.priority_reason else ""
     lines.append(f"Triage priority: {result.priority.code.upper()}{reason}.")
     positives = result.positive_findings
@@ -240,6 +267,10 @@ def conclusion(result: TriageResult) -> str:
         lines.append(f"Findings at or above the model's operating point: {listed}.")
     else:
         lines.append("No finding reached the model's operating point.")
+    if result.not_assessed:
+        lines.append(f"Not assessed (this model has no output for them): {', '.join(result.not_assessed)}.")
+    if result.severity is not None:
+        lines.append(f"Radiographic severity (geographic extent 0-8): {result.severity:.1f}.")
     lines.append(
         f"Preliminary machine triage by {result.model.name} {result.model.version}; not a radiologist's report."
     )
@@ -247,22 +278,102 @@ def conclusion(result: TriageResult) -> str:
 
 
 def observations(order: ImagingOrder, job: Job, result: TriageResult) -> list[JsonObject]:
-    """One Observation per finding, ids ``<job id>-1`` … ``<job id>-n`` in the model's label order."""
-    return [_observation(order, job, result, n, finding) for n, finding in enumerate(result.findings, start=1)]
+    """Every Observation of a result, ids ``<job id>-1`` … ``<job id>-n``: one per finding in the model's label
+    order, then one per finding not assessed (no value, a ``dataAbsentReason``), then the severity if any."""
+    count = _report_item_count(result)
+    return [built for n in range(1, count + 1) if (built := observation(order, job, result, n)) is not None]
 
 
 def observation(order: ImagingOrder, job: Job, result: TriageResult, n: int) -> JsonObject | None:
-    """Observation ``n`` (1-based) of a result, or None when there is no such finding."""
-    if not 1 <= n <= len(result.findings):
-        return None
-    return _observation(order, job, result, n, result.findings[n - 1])
+    """Observation ``n`` (1-based) of a result, or None when there is no such Observation."""
+    findings, not_assessed = len(result.findings), len(result.not_assessed)
+    if 1 <= n <= findings:
+        return _observation(order, job, result, n, result.findings[n - 1])
+    if findings < n <= findings + not_assessed:
+        return _not_assessed_observation(order, job, result, n, result.not_assessed[n - findings - 1])
+    if n == findings + not_assessed + 1 and result.severity is not None:
+        return _severity_observation(order, job, result, n, result.severity)
+    return None
+
+
+def _report_item_count(result: TriageResult) -> int:
+    return len(result.findings) + len(result.not_assessed) + (result.severity is not None)
+
+
+def _report_item_displays(result: TriageResult) -> list[str]:
+    """The display of each Observation reference of the report, in Observation number order."""
+    displays = [f.label for f in result.findings] + [f"{label} (not assessed)" for label in result.not_assessed]
+    return displays + ([t.SEVERITY_CODE[1]] if result.severity is not None else [])
+
+
+def _finding_coding(label: str) -> list[JsonObject]:
+    coding: list[JsonObject] = [{"system": t.FINDING_SYSTEM, "code": label, "display": label}]
+    if label in t.FINDING_SNOMED:
+        code, display = t.FINDING_SNOMED[label]
+        coding.append({"system": t.SNOMED_SYSTEM, "code": code, "display": display})
+    return coding
+
+
+def _model_output_observation(order: ImagingOrder, job: Job, result: TriageResult, n: int) -> JsonObject:
+    """What every Observation of a result shares: id, status, subject, the model as device, the study."""
+    resource: JsonObject = {
+        "resourceType": "Observation",
+        "id": observation_id(job.id, n),
+        "meta": _meta(result.created_at or job.updated_at, result),
+        "status": "preliminary",
+        "category": [{"coding": [{"system": t.OBSERVATION_CATEGORY_SYSTEM, "code": "imaging", "display": "Imaging"}]}],
+        "subject": subject_reference(order.patient_ref),
+        "issued": _instant(result.created_at or job.updated_at),
+        "device": {
+            **device_reference(result.model),
+            "identifier": {"system": t.MODEL_SHA256_SYSTEM, "value": result.model.sha256},
+        },
+        "derivedFrom": [_study_reference(order)],
+    }
+    if order.service_request_ref:
+        resource["basedOn"] = [_service_request_reference(order)]
+    if result.model.placeholder:
+        resource["note"] = [{"text": UNTRAINED_PLACEHOLDER_WARNING}]
+    return resource
+
+
+def _not_assessed_observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, label: str) -> JsonObject:
+    """A finding the triage policy names but the model has no output for: no value, and why (R4 obs-6)."""
+    resource = _model_output_observation(order, job, result, n)
+    model = f"{result.model.name} {result.model.version}"
+    resource["code"] = {"coding": _finding_coding(label), "text": f"Probability of {label} (not assessed)"}
+    resource["dataAbsentReason"] = {
+        "coding": [{"system": t.DATA_ABSENT_REASON_SYSTEM, "code": "not-performed", "display": "Not Performed"}],
+        "text": f"Not assessed: the model {model} does not assess {label}. Its absence here says nothing about "
+        f"whether {label} is present; a rule of the triage policy for it cannot raise the priority.",
+    }
+    return _dump(Observation, resource)
+
+
+def _severity_observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, value: float) -> JsonObject:
+    """The predicted radiographic severity, which orders studies within one priority (it sets none)."""
+    resource = _model_output_observation(order, job, result, n)
+    code, display = t.SEVERITY_CODE
+    resource["code"] = {"coding": [{"system": t.TRIAGE_SYSTEM, "code": code, "display": display}], "text": display}
+    resource["valueQuantity"] = {
+        "value": round(float(value), 2),
+        "unit": "score",
+        "system": t.UCUM_SYSTEM,
+        "code": "{score}",
+    }
+    resource["referenceRange"] = [
+        {
+            "low": {"value": 0, "unit": "score", "system": t.UCUM_SYSTEM, "code": "{score}"},
+            "high": {"value": 8, "unit": "score", "system": t.UCUM_SYSTEM, "code": "{score}"},
+            "text": "geographic extent of opacity, 0 (none) to 8 (both lungs fully involved); orders studies "
+            "within one priority, never sets a priority",
+        }
+    ]
+    return _dump(Observation, resource)
 
 
 def _observation(order: ImagingOrder, job: Job, result: TriageResult, n: int, finding: FindingScore) -> JsonObject:
-    coding = [{"system": t.FINDING_SYSTEM, "code": finding.label, "display": finding.label}]
-    if finding.label in t.FINDING_SNOMED:
-        code, display = t.FINDING_SNOMED[finding.label]
-        coding.append({"system": t.SNOMED_SYSTEM, "code": code, "display": display})
+    coding = _finding_coding(finding.label)
     positive = finding.positive
     resource: JsonObject = {
         "resourceType": "Observation",
@@ -320,7 +431,7 @@ def device(model: ModelIdentity) -> JsonObject:
 
 def provenance_targets(job: Job, result: TriageResult) -> list[str]:
     """What the model authored for one job: the DiagnosticReport, every Observation and the Task."""
-    observations_made = [f"Observation/{observation_id(job.id, n)}" for n in range(1, len(result.findings) + 1)]
+    observations_made = [f"Observation/{observation_id(job.id, n)}" for n in range(1, _report_item_count(result) + 1)]
     return [f"DiagnosticReport/{job.id}", *observations_made, f"Task/{job.id}"]
 
 
@@ -370,12 +481,14 @@ def searchset_bundle(
 
 @dataclass(frozen=True)
 class EntryResponse:
-    """The outcome of one transaction entry: HTTP status line, location and the resource returned."""
+    """The outcome of one transaction entry: HTTP status line, location, the resource returned and, optionally,
+    an OperationOutcome with more to say (``Bundle.entry.response.outcome``)."""
 
     status: str
     location: str
     resource: JsonObject
     last_modified: datetime | None = None
+    outcome: JsonObject | None = None
 
 
 def transaction_response(responses: Sequence[EntryResponse], *, base_url: str) -> JsonObject:
@@ -385,10 +498,19 @@ def transaction_response(responses: Sequence[EntryResponse], *, base_url: str) -
         entry_response: JsonObject = {"status": response.status, "location": response.location}
         if response.last_modified is not None:
             entry_response["lastModified"] = _instant(response.last_modified)
-        entries.append(
-            {"fullUrl": f"{base_url}/{response.location}", "resource": response.resource, "response": entry_response}
-        )
+        if response.outcome is not None:
+            entry_response["outcome"] = response.outcome
+        full_url = f"{base_url}/{_HISTORY.sub('', response.location)}"
+        entries.append({"fullUrl": full_url, "resource": response.resource, "response": entry_response})
     return _dump(Bundle, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+
+
+def information_outcome(text: str, expression: str | None = None) -> JsonObject:
+    """An OperationOutcome with one informational issue (``code`` informational)."""
+    issue: JsonObject = {"severity": "information", "code": "informational", "diagnostics": text}
+    if expression:
+        issue["details"] = {"text": expression}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 # ---------------------------------------------------------------------------------- building blocks
@@ -421,6 +543,18 @@ def _service_request_reference(order: ImagingOrder) -> JsonObject | None:
 
 def _triage_concept(code: str = "cxr-triage", display: str = "Chest radiograph triage by a model") -> JsonObject:
     return {"coding": [{"system": t.TRIAGE_SYSTEM, "code": code, "display": display}]}
+
+
+def _business_status(job: Job) -> JsonObject:
+    if job.waiting_to_retry and job.next_attempt_at is not None:
+        return {
+            "coding": [{"system": t.JOB_STATE_SYSTEM, "code": "waiting-to-retry"}],
+            "text": f"{waiting_text(job.failure_code)}: next attempt at {_instant(job.next_attempt_at)}",
+        }
+    return {
+        "coding": [{"system": t.JOB_STATE_SYSTEM, "code": job.state.value}],
+        "text": f"pipeline state: {job.state.value}",
+    }
 
 
 def _failure_reason(job: Job) -> JsonObject:

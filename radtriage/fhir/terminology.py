@@ -59,6 +59,10 @@ INTERPRETATION_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-Observa
 LOINC_SYSTEM: Final = "http://loinc.org"
 SNOMED_SYSTEM: Final = "http://snomed.info/sct"
 UCUM_SYSTEM: Final = "http://unitsofmeasure.org"
+# Issue 10: a finding the policy names but the model cannot assess is an Observation with no value.
+DATA_ABSENT_REASON_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+#: Radiographic severity: geographic extent of opacity, 0-8 (Cohen et al. 2020, the COVID-19 image collection).
+SEVERITY_CODE: Final = ("severity-geographic-extent", "Radiographic severity (geographic extent 0-8)")
 
 #: LOINC 30745-4 "XR Chest Views": the chest radiograph report without a fixed number of views. The service
 #: scores one frontal image of whatever study it is given, so "2 Views" (36643-5) or "Single view" (36554-4)

@@ -15,6 +15,7 @@ so no patient data ends up in an ACK or in the message log.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,6 +94,29 @@ class AckHeader:
     sending_facility: tuple[str, ...] = ()
     trigger_event: str = ""
     version: str = ""
+
+
+def salvaged_header(payload: bytes) -> AckHeader:
+    """What can still be echoed from a message whose MSH could not be read (odd or duplicated encoding characters,
+    a broken MSH-2): MSH-10 and MSH-12, found by the field separator alone (MSH-1, the fourth character).
+
+    HL7 v2.5.1 section 2.9.2: MSA-2 is how the sender matches an answer to its message, so an AR that echoes
+    MSH-10 can be acted on, and one with an empty MSA-2 cannot. The values are taken as written (up to the first
+    component separator a sender is likely to use) and escaped when the ACK is built.
+    """
+    text = payload.decode("latin-1")
+    if not text.startswith("MSH") or len(text) < 5:
+        return AckHeader()
+    segment = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+    separator = text[3]
+    if separator.isalnum() or separator.isspace():
+        return AckHeader()
+    fields = segment.split(separator)  # fields[0] = "MSH", fields[n - 1] = MSH-n (MSH-1 is the separator itself)
+    control_id = fields[9].strip() if len(fields) > 9 else ""
+    version = fields[11].split("^", 1)[0].strip() if len(fields) > 11 else ""
+    if len(control_id) > 199 or not control_id.isprintable():
+        control_id = ""
+    return AckHeader(control_id=control_id, version=version if version in ACK_VERSIONS else "")
 
 
 #: The version used to answer a message whose own version cannot be used.

@@ -9,6 +9,9 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from ..app.config import Settings
+from ..app.core.domain import JobEvent, JobState
+from ..app.core.errors import ErrorCode
+from ..app.core.ports import EventListener
 from ..app.core.service import TriageService
 from .handlers import OrderReceiver, ReceiverSettings, ReportHandler
 from .mapping import ReaderOptions
@@ -165,4 +168,27 @@ def build_hl7_door(
         # The pipeline's publishing stage calls every registered publisher (the core's ResultPublisher port).
         if not any(isinstance(p, HL7ResultPublisher) for p in service.publishers):
             service.publishers.append(door.publisher)
+            # A study that cannot be analysed fails its job without a result: the failure event tells the RIS.
+            service.listeners.append(_not_analysed_listener(service, door.publisher))
     return door
+
+
+def _not_analysed_listener(service: TriageService, publisher: HL7ResultPublisher) -> EventListener:
+    """On a job's final failure (not retryable: not a chest, not a radiograph, unreadable...), an update to the
+    RIS that says so, with the coded reason, at the order's own priority."""
+
+    def on_event(event: JobEvent) -> None:
+        if event.to_state is not JobState.FAILED or event.data.get("retryable") == "true":
+            return
+        job = service.store.get_job(event.job_id)
+        order = service.store.get_order(job.order_id) if job is not None else None
+        if order is None:
+            return
+        code = event.reason_code or ErrorCode.INTERNAL.value
+        try:
+            display = ErrorCode(code).display
+        except ValueError:
+            display = code
+        publisher.publish_not_analysed(order, event.job_id, code, display)
+
+    return on_event

@@ -17,6 +17,7 @@ the service cannot take work (database down, stopping)  AR     207
 over the size limit                                     AE     207
 unknown character set                                   AE     103 at MSH-18
 required field missing / malformed / unknown code       AE     101 / 102 / 103 with the field
+MSH-3.1 / MSH-4.1 over 64, MSH-10 over 199 characters   AE     102 at MSH-3 / MSH-4 / MSH-10 (not stored)
 study already ordered under another order number        AE     205 at IPC-3 / ZDS-1
 cancel of an unknown order                              AE     204 at ORC-2
 ======================================================  =====  ===========================================
@@ -40,8 +41,9 @@ from typing import Protocol, TypeVar
 from ..app.core.domain import Priority
 from ..app.core.errors import ErrorCode, TriageError
 from ..app.core.service import TriageService
+from ..compliance.phi import log_value
 from . import er7
-from .ack import AckCode, AckHeader, ErrorCondition, Hl7Issue, Location, build_ack
+from .ack import AckCode, ErrorCondition, Hl7Issue, Location, build_ack, salvaged_header
 from .mapping import (
     SOURCE,
     DecodeError,
@@ -127,11 +129,17 @@ class OrderReceiver:
             header = self._header(payload)
             return self._process(payload, header, oversize_bytes)
         except _Answer as answer:
-            return self._ack(header, answer.code, answer.issues, payload, store=answer.store)
+            try:
+                return self._ack(header, answer.code, answer.issues, payload, store=answer.store)
+            except Exception as exc:  # storing the answer failed (database down): the sender must try again
+                return self._cannot_work(header, payload, exc)
         except Exception as exc:  # the listener must survive anything; the details may hold patient data
-            log.error("HL7 message could not be processed (%s); answered AR", type(exc).__name__)
-            issue = Hl7Issue(ErrorCondition.APPLICATION_INTERNAL_ERROR, "the service cannot accept work now")
-            return self._ack(header, AckCode.REJECT, (issue,), payload, store=False)
+            return self._cannot_work(header, payload, exc)
+
+    def _cannot_work(self, header: MessageHeader | None, payload: bytes, exc: Exception) -> str:
+        log.error("HL7 message could not be processed (%s); answered AR", type(exc).__name__)
+        issue = Hl7Issue(ErrorCondition.APPLICATION_INTERNAL_ERROR, "the service cannot accept work now")
+        return self._ack(header, AckCode.REJECT, (issue,), payload, store=False)
 
     # ------------------------------------------------------------------ steps
 
@@ -159,6 +167,10 @@ class OrderReceiver:
                 Hl7Issue(ErrorCondition.REQUIRED_FIELD_MISSING, "message control id missing", Location("MSH", 10)),
                 store=False,
             )
+        over_long = _over_long_header_value(header)
+        if over_long is not None:
+            # Longer than the message log stores: answered, not stored (a resend gets the same answer again).
+            raise _Answer(AckCode.ERROR, over_long, store=False)
         if not self._sender_allowed(header):
             raise _Answer(
                 AckCode.REJECT,
@@ -171,9 +183,9 @@ class OrderReceiver:
         if earlier is not None:
             if earlier.payload_sha256 != _digest(payload):
                 what = "re-uses its MSH-10 with other content"
-                log.warning("HL7 %s %s from %s %s", header.message_code, header.control_id, header.sender, what)
+                log.warning("HL7 %s %s", _described(header), what)
             else:
-                log.info("HL7 %s %s from %s is a repeat", header.message_code, header.control_id, header.sender)
+                log.info("HL7 %s is a repeat", _described(header))
             return earlier.ack
         unsupported = check_supported(header, self.settings.processing_ids)
         if unsupported is None and header.message_type == "ORU" and self.reports is None:
@@ -190,7 +202,7 @@ class OrderReceiver:
         except DecodeError as err:
             raise _Answer(AckCode.ERROR, err.issue) from None
         if note:
-            log.info("HL7 %s %s from %s: %s", header.message_code, header.control_id, header.sender, note)
+            log.info("HL7 %s: %s", _described(header), log_value(note, 200))
         message = er7.parse(text)
         if header.message_type == "ORU" and self.reports is not None:
             report_issues = self.reports(message, read_header(message))
@@ -319,7 +331,7 @@ class OrderReceiver:
         now = self.service.clock.now()
         ack = build_ack(
             code,
-            header.ack_header() if header else AckHeader(),
+            header.ack_header() if header else salvaged_header(payload),  # MSA-2 echoes MSH-10 whenever it can
             control_id=uuid.uuid4().hex[:20],
             now=now,
             application=self.settings.application,
@@ -338,14 +350,36 @@ class OrderReceiver:
             ).ack
         conditions = ",".join(f"{i.condition.code}@{i.location}" if i.location else i.condition.code for i in issues)
         log.info(
-            "HL7 %s %s from %s answered %s%s",
-            header.message_code if header else "(unreadable)",
-            header.control_id if header else "-",
-            header.sender if header else "-",
+            "HL7 %s answered %s%s",
+            _described(header) if header else "(unreadable)",
             code.value,
-            f" [{conditions}]" if conditions else "",
+            f" [{log_value(conditions, 200)}]" if conditions else "",
         )
         return ack
+
+
+#: Longest MSH values stored (hl7_message_log, order keys): MSH-3.1 and MSH-4.1 make the sender key
+#: ``MSH-3.1^MSH-4.1`` (<= 129 characters, and with a 64-character order number an order key within 255);
+#: MSH-10 is ST 199 in v2.5.
+MAX_SENDER_COMPONENT = 64
+MAX_CONTROL_ID = 199
+
+
+def _over_long_header_value(header: MessageHeader) -> Hl7Issue | None:
+    """AE 102 (data type error) for a header value longer than radtriage stores, naming the field."""
+    for position, components in ((3, header.sending_application), (4, header.sending_facility)):
+        if components and len(components[0]) > MAX_SENDER_COMPONENT:
+            text = f"value longer than {MAX_SENDER_COMPONENT} characters"
+            return Hl7Issue(ErrorCondition.DATA_TYPE_ERROR, text, Location("MSH", position))
+    if len(header.control_id) > MAX_CONTROL_ID:
+        text = f"value longer than {MAX_CONTROL_ID} characters"
+        return Hl7Issue(ErrorCondition.DATA_TYPE_ERROR, text, Location("MSH", 10))
+    return None
+
+
+def _described(header: MessageHeader) -> str:
+    """MSH-9, MSH-10 and the sender for a log line, through the one sanitiser (they are the sender's bytes)."""
+    return f"{log_value(header.message_code)} {log_value(header.control_id)} from {log_value(header.sender)}"
 
 
 def _digest(payload: bytes) -> str:

@@ -157,6 +157,8 @@ class OrderContext:
     requested_procedure_id: str = ""
     scheduled_procedure_step_id: str = ""
     modality: str = ""
+    #: MSH-9.1 of the order ("ORM", "OMI"): updates go back in the sender's own dialect (`outbound.dialect`).
+    message_type: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +174,7 @@ class OrderContext:
             "requested_procedure_id": self.requested_procedure_id,
             "scheduled_procedure_step_id": self.scheduled_procedure_step_id,
             "modality": self.modality,
+            "message_type": self.message_type,
         }
 
     @classmethod
@@ -189,6 +192,7 @@ class OrderContext:
             requested_procedure_id=str(data.get("requested_procedure_id", "")),
             scheduled_procedure_step_id=str(data.get("scheduled_procedure_step_id", "")),
             modality=str(data.get("modality", "")),
+            message_type=str(data.get("message_type", "")),
         )
 
 
@@ -430,6 +434,7 @@ def _read_order(
     provider = _provider(orc) or (_provider(obr) if obr else "")
     context = OrderContext(
         version=header.version,
+        message_type=header.message_type,
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
         patient_identifiers=patient_ids,

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..compliance.phi import log_value
+
 log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
@@ -213,7 +215,8 @@ class Peer:
 
     def __str__(self) -> str:
         who = f"{self.host}:{self.port}"
-        return f"{who} ({self.certificate_name})" if self.certificate_name else who
+        # The certificate's name is the peer's choice: through the log sanitiser, like every protocol value.
+        return f"{who} ({log_value(self.certificate_name)})" if self.certificate_name else who
 
 
 #: Called on a worker thread for every complete frame; returns the bytes to send back, or None for no answer.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ..app.core.domain import ImagingOrder, Priority, TriageResult
@@ -77,6 +78,17 @@ def order_identity(order: ImagingOrder, context: OrderContext | None) -> OrderCo
     )
 
 
+def dialect(context: OrderContext, configured: OutboundStyle) -> OutboundStyle:
+    """Answer each sender in its own dialect: an order that came as OMI^O23 (v2.5 and later) gets OMI^O23 with
+    the priority in TQ1-9; one that came as ORM^O01 gets ORM^O01 with ORC-7.6/OBR-27.6 (ORM has no TQ1 in any
+    version). Orders that did not come over HL7 (or whose context predates this) get the configured style."""
+    if context.message_type == "OMI":
+        return OutboundStyle.OMI
+    if context.message_type == "ORM":
+        return OutboundStyle.ORM
+    return configured
+
+
 def _version(style: OutboundStyle, context: OrderContext) -> str:
     if style is OutboundStyle.OMI:
         return context.version if context.version in SUPPORTED_MESSAGES[("OMI", "O23")] else "2.5.1"
@@ -129,9 +141,17 @@ def priority_update(
     now: datetime,
     reason: str = "",
     control_id: str | None = None,
+    notes: Sequence[str] = (),
+    reason_code: tuple[str, str, str] | None = None,
+    comment_type: tuple[str, str, str] | None = None,
 ) -> OutboundMessage:
-    """ORM^O01 XO or OMI^O23 XO carrying `priority` (the caller makes sure it is never below the order's)."""
+    """ORM^O01 XO or OMI^O23 XO carrying `priority` (the caller makes sure it is never below the order's), in the
+    dialect the order came in (`dialect`).
+
+    `reason` is the first NTE (with `comment_type` as its NTE-4, when given); each of `notes` (e.g. the findings
+    the model did not assess) one more. `reason_code` replaces ORC-16 (default: set by computer-assisted triage)."""
     control_id = control_id or new_control_id()
+    options = replace(options, style=dialect(context, options.style))
     version = _version(options.style, context)
     # OMI carries the priority in TQ1-9. ORM^O01 never gained a TQ1 segment (it was frozen when TQ1 came in
     # v2.5), so ORM keeps it in ORC-7.6 / OBR-27.6 in every version.
@@ -139,7 +159,7 @@ def priority_update(
     code = _priority_code(priority, options)
     placer = context.placer_order_number or None
     filler = context.filler_order_number or None
-    reason_code = ("TRIAGE", "Priority set by computer-assisted triage", LOCAL_CODING_SYSTEM)
+    reason_code = reason_code or ("TRIAGE", "Priority set by computer-assisted triage", LOCAL_CODING_SYSTEM)
     if options.style is OutboundStyle.OMI:
         message_type: tuple[str, ...] = ("OMI", "O23", "OMI_O23")
     else:
@@ -159,8 +179,9 @@ def priority_update(
         if not modern:
             obr += [None] * 6 + [_tq(code[0])]  # OBR-27
     segments.append(er7.encode_segment("OBR", obr))
-    if reason:
-        segments.append(er7.encode_segment("NTE", ["1", "L", reason[:200]]))
+    for set_id, text in enumerate((note for note in (reason, *notes) if note), start=1):
+        coded = comment_type if set_id == 1 and reason else None
+        segments.append(er7.encode_segment("NTE", [str(set_id), "L", text[:200], coded]))
     if options.style is OutboundStyle.OMI:
         segments.append(
             er7.encode_segment(
@@ -178,6 +199,35 @@ def priority_update(
         app = options.endpoints.application[0] if options.endpoints.application else ""
         segments.append(er7.encode_segment("ZDS", [(order.study_instance_uid, app, "Application", "DICOM")]))
     return OutboundMessage(control_id, er7.encode_message(segments))
+
+
+def not_analysed_update(
+    order: ImagingOrder,
+    context: OrderContext,
+    options: OutboundOptions,
+    *,
+    now: datetime,
+    failure_code: str,
+    failure_display: str,
+    control_id: str | None = None,
+) -> OutboundMessage:
+    """The update that tells the RIS the model could not analyse the study, so that "not analysed" is never
+    mistaken for "still working": ORC-1 XO at the order's own priority (never lower), ORC-16 (order control
+    code reason) = ``NOT-ANALYSED`` and an NTE whose comment type (NTE-4) is the coded reason, e.g.
+    ``not-a-chest^Not a chest radiograph^99RADTRIAGE``. The order itself stands: a radiologist reads the study.
+    """
+    reason = f"Not analysed by AI triage: {failure_display}. A radiologist reads this study as usual."
+    return priority_update(
+        order,
+        context,
+        order.requested_priority,
+        options,
+        now=now,
+        reason=reason,
+        control_id=control_id,
+        reason_code=("NOT-ANALYSED", "Study not analysed by computer-assisted triage", LOCAL_CODING_SYSTEM),
+        comment_type=(failure_code, failure_display, LOCAL_CODING_SYSTEM),
+    )
 
 
 def result_report(
@@ -239,9 +289,17 @@ def result_report(
                 "A" if finding.positive else "N",  # OBX-8 abnormal flag
             ]
         )
-    for n, fields in enumerate(obx, start=1):
+    if result.severity is not None:
+        severity = ("SEVERITY", "Radiographic severity (geographic extent 0-8)", LOCAL_CODING_SYSTEM)
+        obx.append(["NM", severity, "1", f"{result.severity:.1f}", None, "0-8"])
+    statuses = ["P"] * len(obx)
+    for label in result.not_assessed:
+        # OBX-11 "X": results cannot be obtained for this observation. The model has no output for the finding.
+        obx.append(["ST", (label, label, LOCAL_CODING_SYSTEM), "1", None])
+        statuses.append("X")
+    for n, (fields, status) in enumerate(zip(obx, statuses, strict=True), start=1):
         fields += [None] * (9 - len(fields))  # fields[0] is OBX-2: pad up to OBX-10
-        fields += ["P", None, None, observed, None, None, method]  # OBX-11 status, OBX-14 time, OBX-17 method
+        fields += [status, None, None, observed, None, None, method]  # OBX-11 status, OBX-14 time, OBX-17 method
         segments.append(er7.encode_segment("OBX", [str(n), *fields]))
     note = (
         f"Computer-assisted triage by {model.name} {model.version} (sha256 {model.sha256[:16]}). "
@@ -249,6 +307,8 @@ def result_report(
     )
     if model.placeholder:
         note += " PLACEHOLDER MODEL, NOT TRAINED: the scores carry no clinical meaning."
+    if result.not_assessed:
+        note += f" Not assessed (the model has no output for them): {', '.join(result.not_assessed)}."
     if result.priority_reason:
         note += f" Priority: {result.priority_reason}"
     segments.append(er7.encode_segment("NTE", ["1", "L", note[:500]]))

@@ -39,10 +39,11 @@ from ..app.core.ports import Clock
 from ..app.core.service import SystemClock
 from ..app.storage.database import as_utc as _utc
 from ..app.storage.messaging_tables import hl7_outbox
+from ..compliance.phi import log_value
 from . import er7
 from .mapping import CHARACTER_SETS, SOURCE
 from .mllp import MLLPClient, MLLPNoAnswer
-from .outbound import OutboundOptions, order_identity, priority_update, result_report
+from .outbound import OutboundOptions, not_analysed_update, order_identity, priority_update, result_report
 from .store import HL7Store
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,17 @@ class HL7ResultPublisher:
     def publish(self, order: ImagingOrder, result: TriageResult) -> None:
         if order.source not in self.options.sources or order.id is None:
             return
+        if result.shadow:
+            # Shadow mode: the RIS hears nothing from a model this site has not validated (issue 10).
+            log.info("HL7 outbox: job %s is in shadow mode; no priority update sent", result.job_id)
+            return
         now = self.clock.now()
         context = order_identity(order, self.contexts.get_context(order.id))
         # Never lower the priority the order arrived with (the core ensures it too; this is the last door out).
         priority = max(result.priority, order.requested_priority)
         update_message = priority_update(
-            order, context, priority, self.options.outbound, now=now, reason=result.priority_reason
+            order, context, priority, self.options.outbound, now=now, reason=result.priority_reason,
+            notes=not_assessed_notes(result),
         )
         stored = self.outbox.add(
             order_id=order.id,
@@ -274,6 +280,38 @@ class HL7ResultPublisher:
             log.info("HL7 outbox: update for job %s stored (priority %s)", result.job_id, priority.code)
             if self.on_stored is not None:
                 self.on_stored()
+
+
+    def publish_not_analysed(self, order: ImagingOrder, job_id: str, failure_code: str, failure_display: str) -> None:
+        """Tell the RIS that the study could not be analysed (`outbound.not_analysed_update`), at the order's own
+        priority: without it the RIS cannot tell "not analysed" from "still working"."""
+        if order.source not in self.options.sources or order.id is None:
+            return
+        now = self.clock.now()
+        context = order_identity(order, self.contexts.get_context(order.id))
+        message = not_analysed_update(
+            order, context, self.options.outbound, now=now, failure_code=failure_code, failure_display=failure_display
+        )
+        stored = self.outbox.add(
+            order_id=order.id,
+            job_id=job_id,
+            kind="not-analysed",
+            patient_ref=order.patient_ref,
+            control_id=message.control_id,
+            payload=message.text,
+            at=now,
+        )
+        if stored:
+            log.info("HL7 outbox: not-analysed update for job %s stored (%s)", job_id, failure_code)
+            if self.on_stored is not None:
+                self.on_stored()
+
+
+def not_assessed_notes(result: TriageResult) -> tuple[str, ...]:
+    """The NTE that says which findings the model did not assess (so the RIS never reads silence as negative)."""
+    if not result.not_assessed:
+        return ()
+    return (f"Not assessed (the model has no output for them): {', '.join(result.not_assessed)}",)
 
 
 # ---------------------------------------------------------------------------------------------- sending
@@ -422,11 +460,11 @@ class OutboxSender:
             log.info("HL7 outbox message %d (job %s) accepted by the RIS", message.id, message.job_id)
         elif outcome is AckOutcome.ERROR:
             self.store.park(message.id, now, description)
-            what = f"parked: the RIS answered {description}"
+            what = f"parked: the RIS answered {log_value(description, 200)}"
             log.warning("HL7 outbox message %d (job %s) %s", message.id, message.job_id, what)
         else:
             delay = self.backoff(message.attempts + 1)
             self.store.retry_later(message.id, now, now + timedelta(seconds=delay), description)
-            what = f"not delivered ({description}); next try in {delay:.0f} s"
+            what = f"not delivered ({log_value(description, 200)}); next try in {delay:.0f} s"
             log.warning("HL7 outbox message %d (job %s) %s", message.id, message.job_id, what)
         return outcome

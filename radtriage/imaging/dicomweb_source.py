@@ -9,15 +9,23 @@ connection refused / reset, DNS failure, timeout           PACS_UNAVAILABLE (ret
 HTTP 5xx, 429, 408                                         PACS_UNAVAILABLE (retryable)
 HTTP 401 / 403 (the archive refused our credentials)       PACS_UNAVAILABLE, detail says so
 HTTP 404, an empty QIDO-RS result, an invalid UID          STUDY_NOT_FOUND
+an instance that is not readable Part 10 (no preamble)     UNREADABLE_IMAGE (not retryable)
 any other HTTP status, an answer that is not DICOM         PACS_UNAVAILABLE
 =========================================================  ====================================
 
 A refused login is reported as the archive being unavailable (retryable), not as a problem with the order:
 nothing about the order has to change, and the jobs succeed once the configuration is fixed.
+
+Each request is bounded (a connect timeout, a read timeout, `attempts` tries), and a `CircuitBreaker` stops
+asking an archive that failed several requests in a row: for a cool-down period every job fails at once as
+PACS_UNAVAILABLE (and is retried later by radtriage.app.retry) instead of holding a worker for the full timeout,
+so one dead PACS cannot occupy every worker. After the cool-down one request is let through to test it.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from io import BytesIO
@@ -26,6 +34,7 @@ from typing import TypeVar
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmwrite
+from pydicom.errors import InvalidDicomError
 from retrying import RetryError  # dicomweb-client's retry library: raised when every attempt got a retryable status
 
 from radtriage.app.core.domain import InstanceInfo
@@ -58,6 +67,8 @@ RETRYABLE_STATUSES = (
 #: Pause before the second attempt, in milliseconds. dicomweb-client waits multiplier * 2**attempt.
 RETRY_BACKOFF_MULTIPLIER_MS = 250
 
+#: The longest wait for a TCP connection to the archive: a host that drops packets should not cost a full read timeout.
+MAX_CONNECT_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
@@ -77,6 +88,8 @@ class DicomwebStudySource:
         password: str | None = None,
         timeout: float = 10.0,
         attempts: int = 2,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 30.0,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -90,7 +103,11 @@ class DicomwebStudySource:
             session.auth = (username, password or "")
         # The client passes `timeout` to every requests call (connect timeout and time between bytes read).
         # Without it a PACS that accepts the connection but never answers would hold a worker forever.
-        self._client = DICOMwebClient(self.url, session=session, timeout=timeout)
+        # A separate, shorter connect timeout: an unreachable host is known sooner than a slow one.
+        self._client = DICOMwebClient(
+            self.url, session=session, timeout=(min(timeout, MAX_CONNECT_TIMEOUT_S), timeout)
+        )
+        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
         # dicomweb-client's default is 5 attempts with exponential waits (2 + 4 + 8 + 16 s = 30 s) on any
         # connection error or busy status, on top of each attempt's own timeout. A job that cannot fetch is not
         # lost: it fails as PACS_UNAVAILABLE, which is retryable, and is run again later. So within one request
@@ -175,6 +192,30 @@ class DicomwebStudySource:
                     ds[keyword] = series_ds[keyword]
 
     def _call(self, request: Callable[[], T], *, what: str) -> T:
+        """One client call through the circuit breaker. Failures that say the archive is down or overloaded count
+        against it; an answer (even 404) shows the archive is up."""
+        wait = self.breaker.refusal()
+        if wait is not None:
+            raise TriageError(
+                ErrorCode.PACS_UNAVAILABLE,
+                f"the image archive failed {self.breaker.failures} requests in a row; not asked to {what} "
+                f"for another {wait:.0f} s",
+            )
+        try:
+            answer = self._call_once(request, what=what)
+        except TriageError as err:
+            if err.code is ErrorCode.PACS_UNAVAILABLE:
+                self.breaker.failed()
+            else:
+                self.breaker.succeeded()
+            raise
+        except BaseException:
+            self.breaker.succeeded()  # not the archive's fault; free the trial slot
+            raise
+        self.breaker.succeeded()
+        return answer
+
+    def _call_once(self, request: Callable[[], T], *, what: str) -> T:
         """Run one client call; its exceptions become `TriageError`s with no UIDs in them (URLs contain UIDs)."""
         try:
             return request()
@@ -197,10 +238,62 @@ class DicomwebStudySource:
             raise TriageError(
                 ErrorCode.PACS_UNAVAILABLE, f"the request to {what} failed ({type(exc).__name__})"
             ) from None
+        except InvalidDicomError:
+            # The archive sent an object pydicom cannot read as Part 10 (no preamble, no "DICM", no file meta):
+            # asking again gives the same bytes, so the study is "not analysed", not "try later".
+            raise TriageError(
+                ErrorCode.UNREADABLE_IMAGE, f"the image archive's answer to {what} is not a readable DICOM file"
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
             # The client raises these for answers it cannot parse: bad JSON, a multipart body that is not DICOM.
             detail = f"the image archive's answer to {what} could not be read ({type(exc).__name__})"
             raise TriageError(ErrorCode.PACS_UNAVAILABLE, detail) from None
+
+
+class CircuitBreaker:
+    """Closed → (``threshold`` failures in a row) → open for ``cooldown`` s → half-open: one trial request; its
+    success closes the breaker, its failure opens it again. Thread-safe: workers share one source."""
+
+    def __init__(self, threshold: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if threshold < 1 or cooldown <= 0:
+            raise ValueError("the breaker needs threshold >= 1 and a positive cooldown")
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.failures = 0
+        self._open_until = 0.0
+        self._trial_running = False
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self.failures >= self.threshold and self._clock() < self._open_until
+
+    def refusal(self) -> float | None:
+        """None when a request may go out now; else the seconds until the archive is tried again."""
+        with self._lock:
+            if self.failures < self.threshold:
+                return None
+            left = self._open_until - self._clock()
+            if left > 0:
+                return left
+            if self._trial_running:  # half-open: one request tests the archive, the others wait for its answer
+                return self.cooldown
+            self._trial_running = True
+            return None
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self._trial_running = False
+
+    def failed(self) -> None:
+        with self._lock:
+            self.failures += 1
+            self._trial_running = False
+            if self.failures >= self.threshold:
+                self._open_until = self._clock() + self.cooldown
 
 
 def _datasets_from_json(results: object, what: str) -> list[Dataset]:

@@ -21,7 +21,7 @@ import io
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from ..app.core.ports import ImageScorer, InstanceSelector, StudySource
 DISPLAY_LONG_SIDE = 1024
 #: Heatmap values below this are left transparent: only where the model looked hardest is coloured.
 HEATMAP_FLOOR = 0.2
+#: Long side, in pixels, of a worklist thumbnail.
+THUMBNAIL_LONG_SIDE = 96
 
 
 class PictureUnavailable(Exception):
@@ -89,15 +91,37 @@ def _scaled_size(width: int, height: int, *, long_side: int | None, max_pixels: 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def heatmap_colours(values: np.ndarray) -> np.ndarray:
-    """An RGBA uint8 image from a map in [0, 1]: transparent below `HEATMAP_FLOOR`, then blue → yellow → red."""
+#: One colour per heatmap, so that two shown together can be told apart on a grey radiograph: saturated hues far
+#: apart on the colour wheel (names for the legend). Each map goes from transparent (low attention) to its colour.
+HEATMAP_PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("orange-red", (255, 82, 36)),
+    ("cyan", (0, 214, 255)),
+    ("magenta", (255, 64, 214)),
+    ("green", (96, 240, 64)),
+    ("yellow", (255, 221, 0)),
+    ("violet", (150, 112, 255)),
+)
+
+
+def heatmap_palette(labels: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Colour name and CSS hex of each heatmap, by position (flagged findings, highest score first)."""
+    out = {}
+    for index, label in enumerate(labels):
+        name, (r, g, b) = HEATMAP_PALETTE[index % len(HEATMAP_PALETTE)]
+        out[label] = (name, f"#{r:02x}{g:02x}{b:02x}")
+    return out
+
+
+def heatmap_colours(values: np.ndarray, colour: tuple[int, int, int] = HEATMAP_PALETTE[0][1]) -> np.ndarray:
+    """An RGBA uint8 image from a map in [0, 1]: transparent below `HEATMAP_FLOOR`, then `colour` with opacity
+    rising to 0.85 at the map's maximum, and brightening towards white at the very top (the legend's scale)."""
     v = np.clip(values.astype(np.float32), 0.0, 1.0)
     t = np.clip((v - HEATMAP_FLOOR) / (1.0 - HEATMAP_FLOOR), 0.0, 1.0)
-    red = np.clip(2.0 * t, 0.0, 1.0)
-    green = np.clip(2.0 - 2.0 * t, 0.0, 1.0) * np.clip(2.0 * t, 0.0, 1.0) + np.clip(1.0 - 2.0 * t, 0.0, 1.0) * 0.4
-    blue = np.clip(1.0 - 2.0 * t, 0.0, 1.0)
-    alpha = 0.7 * np.sqrt(t)  # fades in from the floor: no hard edge where the map crosses it
-    rgba = np.stack([red, green, blue, alpha], axis=-1)
+    base = np.asarray(colour, dtype=np.float32) / 255.0
+    white = np.clip((t - 0.8) / 0.2, 0.0, 1.0)[..., None] * 0.35
+    rgb = base[None, None, :] * (1.0 - white) + white
+    alpha = 0.85 * np.sqrt(t)  # fades in from the floor: no hard edge where the map crosses it
+    rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)
     result: np.ndarray = (rgba * 255.0 + 0.5).astype(np.uint8)
     return result
 
@@ -167,7 +191,9 @@ class StudyPictures:
 
         try:
             data = self.source.retrieve_instance(instance)
-            pixels = pixels_for_display(read_dataset(data))
+            dataset = read_dataset(data)
+            self._store_header(instance.study_instance_uid, study_header(dataset))
+            pixels = pixels_for_display(dataset)
         except TriageError as error:
             if error.code is ErrorCode.PACS_UNAVAILABLE:
                 raise PictureUnavailable("The image archive did not answer. Try again in a moment.", 503) from None
@@ -175,6 +201,36 @@ class StudyPictures:
         except MemoryError:
             raise PictureUnavailable("This image is too large to be decoded on this server.", 413) from None
         return pixels
+
+    def thumbnail(self, order: ImagingOrder, result: TriageResult | None) -> bytes:
+        """A small PNG of the study's image for the worklist (from the cached display image)."""
+        key = _key("thumbnail", order.study_instance_uid, result.sop_instance_uid if result else "")
+        path = self.cache_dir / f"{key}.thumb.png"
+        if path.exists():
+            return path.read_bytes()
+        display = Image.open(io.BytesIO(self.image(order, result, full=False).png))
+        display.thumbnail((THUMBNAIL_LONG_SIDE, THUMBNAIL_LONG_SIDE), Image.Resampling.LANCZOS)
+        png = _png(display)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.cache_dir / f".{key}.thumb.tmp"
+        temporary.write_bytes(png)
+        temporary.replace(path)
+        return png
+
+    def header(self, study_instance_uid: str) -> dict[str, str] | None:
+        """Age, sex and description of a study whose image has been drawn (cached then); None before that."""
+        try:
+            cached = json.loads((self.cache_dir / f"{_key('header', study_instance_uid)}.header.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cached if isinstance(cached, dict) else None
+
+    def _store_header(self, study_instance_uid: str, header: dict[str, str]) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        key = _key("header", study_instance_uid)
+        temporary = self.cache_dir / f".{key}.header.tmp"
+        temporary.write_text(json.dumps(header), encoding="utf-8")
+        temporary.replace(self.cache_dir / f"{key}.header.json")
 
     # ------------------------------------------------------------------ heatmaps
 
@@ -184,7 +240,10 @@ class StudyPictures:
         if label not in {f.label for f in result.findings}:
             raise PictureUnavailable("This model has no such finding.")
         display = self.image(order, result, full=False)
-        key = _key("heatmap", result.sop_instance_uid, result.model.sha256, label, str(display.width))
+        flagged = [f.label for f in sorted(result.positive_findings, key=lambda f: -f.probability)]
+        _name, hex_colour = heatmap_palette(flagged if label in flagged else [label])[label]
+        colour = (int(hex_colour[1:3], 16), int(hex_colour[3:5], 16), int(hex_colour[5:7], 16))
+        key = _key("heatmap", result.sop_instance_uid, result.model.sha256, label, str(display.width), hex_colour)
         cached = self._cached(key)
         if cached is not None:
             return cached
@@ -212,7 +271,7 @@ class StudyPictures:
             resized = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").resize(
                 (side, side), Image.Resampling.BILINEAR
             )
-            square = heatmap_colours(np.asarray(resized, dtype=np.float32) / 255.0)
+            square = heatmap_colours(np.asarray(resized, dtype=np.float32) / 255.0, colour)
             canvas = np.zeros((display.height, display.width, 4), dtype=np.uint8)
             top, left = (display.height - side) // 2, (display.width - side) // 2
             canvas[top : top + side, left : left + side] = square
@@ -244,3 +303,26 @@ class StudyPictures:
         temporary.write_bytes(picture.png)
         temporary.replace(self.cache_dir / f"{key}.png")
         (self.cache_dir / f"{key}.json").write_text(json.dumps(picture.meta()), encoding="utf-8")
+
+
+def _age(dataset: Any) -> str:
+    """PatientAge as people write it ("45 y", "8 mo"), from the AS value (PS3.5 6.2) or birth and study dates."""
+    raw = str(dataset.get("PatientAge", "") or "").strip().upper()
+    if len(raw) == 4 and raw[:3].isdigit() and raw[3] in "DWMY":
+        return f"{int(raw[:3])} {dict(D='d', W='wk', M='mo', Y='y')[raw[3]]}"
+    born, studied = str(dataset.get("PatientBirthDate", "") or ""), str(dataset.get("StudyDate", "") or "")
+    if len(born) == 8 and len(studied) == 8 and born.isdigit() and studied.isdigit():
+        years = int(studied[:4]) - int(born[:4]) - ((studied[4:]) < (born[4:]))
+        if 0 <= years < 130:
+            return f"{years} y"
+    return ""
+
+
+def study_header(dataset: Any) -> dict[str, str]:
+    """What the worklist shows about a study besides its order: age, sex, and a description."""
+    sex = str(dataset.get("PatientSex", "") or "").strip().upper()[:1]
+    description = str(dataset.get("StudyDescription", "") or dataset.get("SeriesDescription", "") or "").strip()
+    if not description:
+        parts = [str(dataset.get(k, "") or "").strip() for k in ("Modality", "BodyPartExamined", "ViewPosition")]
+        description = " ".join(p for p in parts if p)
+    return {"age": _age(dataset), "sex": sex if sex in ("M", "F", "O") else "", "description": description[:64]}

@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, case, func, or_, select
 
 from ..app.core.domain import FindingScore, JobState, Priority
 from ..app.storage.database import as_utc as _utc
+from ..app.storage.order_store import worklist_order
 from ..app.storage.tables import job_events, jobs, orders, results
+from ..app.storage.web_tables import study_reading
 
 
 class Status(StrEnum):
@@ -57,7 +59,7 @@ FAILURE_TEXT: dict[str, str] = {
     "not-a-chest": "not a chest examination",
     "lateral-only": "no frontal (PA/AP) view",
     "unreadable-image": "the image could not be read",
-    "pacs-unavailable": "the image archive did not answer (will retry)",
+    "pacs-unavailable": "the image archive did not answer",
     "model-unavailable": "the model is unavailable",
     "invalid-input": "the order is incomplete",
     "internal": "an internal error (see the service log)",
@@ -85,26 +87,59 @@ class WorklistRow:
     findings: tuple[FindingScore, ...]
     model_version: str | None
     placeholder_model: bool
+    severity: float | None = None
+    not_assessed: tuple[str, ...] = ()
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    read_by: str | None = None
+    read_at: datetime | None = None
+    study_instance_uid: str = ""
+    #: When an automatic retry is planned (radtriage.app.retry): the study is waiting, not given up.
+    next_attempt_at: datetime | None = None
 
     @property
     def positive_findings(self) -> tuple[FindingScore, ...]:
-        return tuple(f for f in self.findings if f.positive)
+        """Flagged findings, highest score first."""
+        return tuple(sorted((f for f in self.findings if f.positive), key=lambda f: -f.probability))
+
+    @property
+    def other_findings(self) -> tuple[FindingScore, ...]:
+        """Findings below their threshold, highest score first."""
+        return tuple(sorted((f for f in self.findings if not f.positive), key=lambda f: -f.probability))
+
+    @property
+    def is_read(self) -> bool:
+        return self.read_at is not None
+
+    @property
+    def waiting_ended_at(self) -> datetime | None:
+        times = [t for t in (self.claimed_at, self.read_at) if t is not None]
+        return min(times) if times else None
 
     def waiting_seconds(self, now: datetime) -> int:
-        return max(0, int((now - self.received_at).total_seconds()))
+        """From arrival until a radiologist claimed or read the study (until `now` while nobody has)."""
+        end = self.waiting_ended_at or now
+        return max(0, int((end - self.received_at).total_seconds()))
+
+
+#: Columns the worklist can be sorted by (``sort=`` in the page's address); the default is `PRIORITY`.
+SORTS = ("priority", "waiting", "arrived", "accession", "severity", "status")
 
 
 @dataclass(frozen=True)
 class WorklistQuery:
     """Filters: `status` (a `Status`), `priority` (a code), `search` (accession, or the start of the job id),
-    `flagged_only` (only studies with a positive finding)."""
+    `flagged_only` (only studies with a positive finding), `include_read` (read studies too, shown greyed).
+    `sort` is one of `SORTS`; `descending` flips it."""
 
     status: Status | None = None
     priority: Priority | None = None
     search: str = ""
     flagged_only: bool = False
+    include_read: bool = False
+    sort: str = "priority"
+    descending: bool = False
     limit: int = 200
-
 
 
 def _findings(raw: Any) -> tuple[FindingScore, ...]:
@@ -113,8 +148,30 @@ def _findings(raw: Any) -> tuple[FindingScore, ...]:
     return tuple(FindingScore(f["label"], float(f["probability"]), float(f["threshold"])) for f in raw)
 
 
+def _ordering(query: WorklistQuery) -> tuple[Any, ...]:
+    """ORDER BY for the chosen column. The default is the reading order: priority, then severity, then waiting
+    time (`worklist_order`); `descending` reverses the chosen column only, and ties keep the reading order."""
+    if query.sort not in SORTS[1:]:  # "priority": descending puts the least urgent first
+        return (jobs.c.priority.asc(), *worklist_order()[1:]) if query.descending else worklist_order()
+
+    def direction(column: Any, natural_descending: bool = False) -> Any:
+        return column.desc() if query.descending != natural_descending else column.asc()
+
+    still_waiting = case((func.coalesce(study_reading.c.claimed_at, study_reading.c.read_at).is_(None), 0), else_=1)
+    no_severity = case((results.c.severity.is_(None), 1), else_=0)
+    chosen: tuple[Any, ...] = {
+        # Longest waiting first: studies nobody has taken before taken ones, then the earliest arrival.
+        "waiting": (direction(still_waiting), direction(orders.c.received_at)),
+        "arrived": (direction(orders.c.received_at, natural_descending=True),),
+        "accession": (direction(orders.c.accession_number),),
+        "severity": (no_severity, direction(results.c.severity, natural_descending=True)),
+        "status": (direction(jobs.c.state),),
+    }[query.sort]
+    return (*chosen, *worklist_order())
+
+
 def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], int]:
-    """Rows in reading order: most urgent first, then longest waiting; and how many match in all."""
+    """Rows in reading order (or the chosen `sort`), and how many match in all."""
     statement = (
         select(
             jobs.c.id,
@@ -122,21 +179,32 @@ def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], i
             jobs.c.state,
             jobs.c.failure_code,
             jobs.c.updated_at,
+            jobs.c.next_attempt_at,
             orders.c.requested_priority,
             orders.c.received_at,
             orders.c.patient_ref,
             orders.c.accession_number,
+            orders.c.study_instance_uid,
             results.c.findings,
             results.c.model_version,
             results.c.model_placeholder,
+            results.c.severity,
+            results.c.not_assessed,
+            study_reading.c.claimed_by,
+            study_reading.c.claimed_at,
+            study_reading.c.read_by,
+            study_reading.c.read_at,
         )
         .join(orders, orders.c.id == jobs.c.order_id)
         .outerjoin(results, results.c.job_id == jobs.c.id)
+        .outerjoin(study_reading, study_reading.c.job_id == jobs.c.id)
     )
     if query.status is not None:
         statement = statement.where(jobs.c.state.in_([s.value for s in query.status.states]))
     if query.priority is not None:
         statement = statement.where(jobs.c.priority == int(query.priority))
+    if not query.include_read:
+        statement = statement.where(study_reading.c.read_at.is_(None))
     term = query.search.strip()
     if term:
         statement = statement.where(
@@ -147,33 +215,38 @@ def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], i
         )
     with engine.connect() as connection:
         total = connection.execute(select(func.count()).select_from(statement.subquery())).scalar_one()
-        rows = connection.execute(
-            statement.order_by(jobs.c.priority.desc(), orders.c.received_at, jobs.c.id).limit(max(1, query.limit))
-        ).all()
-    out = []
-    for row in rows:
-        state = JobState(row.state)
-        findings = _findings(row.findings)
-        out.append(
-            WorklistRow(
-                job_id=row.id,
-                priority=Priority(row.priority),
-                requested_priority=Priority(row.requested_priority),
-                state=state,
-                status=Status.of(state),
-                received_at=_utc(row.received_at) or datetime.now(UTC),
-                finished_at=_utc(row.updated_at) if state.is_terminal else None,
-                patient_ref=row.patient_ref,
-                accession_number=row.accession_number,
-                failure_code=row.failure_code,
-                findings=findings,
-                model_version=row.model_version,
-                placeholder_model=bool(row.model_placeholder),
-            )
-        )
+        rows = connection.execute(statement.order_by(*_ordering(query)).limit(max(1, query.limit))).all()
+    out = [_row(row) for row in rows]
     if query.flagged_only:
         out = [row for row in out if row.positive_findings]
     return out, total if not query.flagged_only else len(out)
+
+
+def _row(row: Any) -> WorklistRow:
+    state = JobState(row.state)
+    return WorklistRow(
+        job_id=row.id,
+        priority=Priority(row.priority),
+        requested_priority=Priority(row.requested_priority),
+        state=state,
+        status=Status.of(state),
+        received_at=_utc(row.received_at) or datetime.now(UTC),
+        finished_at=_utc(row.updated_at) if state.is_terminal and row.next_attempt_at is None else None,
+        patient_ref=row.patient_ref,
+        accession_number=row.accession_number,
+        failure_code=row.failure_code,
+        findings=_findings(row.findings),
+        model_version=row.model_version,
+        placeholder_model=bool(row.model_placeholder),
+        severity=None if row.severity is None else float(row.severity),
+        not_assessed=tuple(row.not_assessed or ()),
+        claimed_by=row.claimed_by,
+        claimed_at=_utc(row.claimed_at),
+        read_by=row.read_by,
+        read_at=_utc(row.read_at),
+        study_instance_uid=row.study_instance_uid,
+        next_attempt_at=_utc(row.next_attempt_at) if state is JobState.FAILED else None,
+    )
 
 
 def _escape_like(text: str) -> str:

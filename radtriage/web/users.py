@@ -6,8 +6,9 @@ People sign in with a user name and a password, checked against a JSON file that
     {"users": [{"username": "adoe", "role": "radiologist", "display_name": "Dr A. Doe",
                 "password_hash": "scrypt$16384$8$1$<salt hex>$<hash hex>"}]}
 
-Write entries with ``python -m radtriage.web.users add --file users.json --username adoe --role radiologist``
-(it asks for the password twice). There is no default user and no default password.
+Manage it with ``radtriage users add|list|disable|enable|reset-password|unlock USERNAME`` (`radtriage.web.
+cli_commands`); passwords have at least `MIN_PASSWORD_LENGTH` (12) characters. There is no default user and no
+default password. An entry may carry ``"disabled": true``: that person cannot sign in, and their sessions end.
 
 Passwords are hashed with scrypt (RFC 7914) through `hashlib.scrypt`: a memory-hard key derivation function,
 16-byte random salt per password, parameters stored with each hash so they can be raised later.
@@ -15,8 +16,6 @@ Passwords are hashed with scrypt (RFC 7914) through `hashlib.scrypt`: a memory-h
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import hashlib
 import hmac
 import json
@@ -28,8 +27,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import click
-
+#: The shortest password accepted (NIST SP 800-63B asks for at least 8; 12 is the OWASP recommendation).
+MIN_PASSWORD_LENGTH = 12
 #: scrypt cost parameters for new hashes (N = 2**14, r = 8, p = 1: about 16 MiB and tens of milliseconds).
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -100,6 +99,7 @@ class WebUser:
     role: WebRole
     password_hash: str
     display_name: str = ""
+    disabled: bool = False
 
     def __post_init__(self) -> None:
         if not self.username or len(self.username) > 64 or not self.username.isprintable():
@@ -110,13 +110,22 @@ class WebUser:
     def may_open(self, page: str) -> bool:
         return self.role in PAGES[page]
 
-    def to_dict(self) -> dict[str, str]:
-        return {
+    @property
+    def password_stamp(self) -> str:
+        """A short digest of the password hash, kept in the session: a changed password ends older sessions even
+        where the database could not be told (the hash itself never leaves the server)."""
+        return hashlib.sha256(self.password_hash.encode("ascii", "replace")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
             "username": self.username,
             "role": self.role.value,
             "display_name": self.display_name,
             "password_hash": self.password_hash,
         }
+        if self.disabled:
+            entry["disabled"] = True
+        return entry
 
 
 class UserDirectory:
@@ -133,11 +142,13 @@ class UserDirectory:
         return iter(self._users.values())
 
     def get(self, username: str) -> WebUser | None:
-        return self._users.get(username)
+        """An enabled user by name (a disabled one is as good as absent for signing in and sessions)."""
+        user = self._users.get(username)
+        return user if user is not None and not user.disabled else None
 
     def authenticate(self, username: str, password: str) -> WebUser | None:
         """The user when the password is right, else None (same work whether or not the user exists)."""
-        user = self._users.get(username)
+        user = self.get(username)
         if user is None:
             verify_password(password, self._dummy_hash)
             return None
@@ -154,6 +165,7 @@ class UserDirectory:
                 role=WebRole(entry["role"]),
                 password_hash=str(entry["password_hash"]),
                 display_name=str(entry.get("display_name", "")),
+                disabled=entry.get("disabled") is True,
             )
             for entry in entries
         ]
@@ -166,36 +178,57 @@ class UserDirectory:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+class UsersFileError(ValueError):
+    """The users file cannot be changed as asked (unknown user, short password, unreadable file)."""
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsersFileError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _read_entries(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        UserDirectory.from_dict(data)  # never rewrite a file this code could not read back
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsersFileError(f"the users file {path} cannot be read ({type(error).__name__}: {error})") from None
+    return list(data["users"])
+
+
+def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+    # Write beside and rename: a running server never reads a half-written file.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary.write_text(json.dumps({"users": entries}, indent=2) + "\n", encoding="utf-8")
+    temporary.chmod(0o600)
+    os.replace(temporary, path)
+
+
+def read_users(path: Path) -> list[WebUser]:
+    """Every user in the file, disabled ones included."""
+    return [WebUser(**{**entry, "disabled": entry.get("disabled") is True}) for entry in _read_entries(path)]
+
+
 def add_user(path: Path, username: str, role: WebRole, password: str, display_name: str = "") -> None:
     """Add or replace one user in the users file at `path` (created when missing, readable by its owner only)."""
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"users": []}
-    entries = [e for e in data.get("users", []) if e.get("username") != username]
+    entries = [e for e in _read_entries(path) if e.get("username") != username]
     entries.append(WebUser(username, role, hash_password(password), display_name).to_dict())
-    data["users"] = entries
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    _write_entries(path, entries)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radtriage.web.users", description="Manage web sign-in users.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add", help="add or replace a user (asks for the password)")
-    add.add_argument("--file", required=True, type=Path)
-    add.add_argument("--username", required=True)
-    add.add_argument("--role", required=True, choices=[r.value for r in WebRole])
-    add.add_argument("--display-name", default="")
-    args = parser.parse_args(argv)
-    password = getpass.getpass("Password: ")
-    if len(password) < 12:
-        click.echo("refused: use at least 12 characters", err=True)
-        return 2
-    if getpass.getpass("Repeat: ") != password:
-        click.echo("refused: the passwords differ", err=True)
-        return 2
-    add_user(args.file, args.username, WebRole(args.role), password, args.display_name)
-    click.echo(f"user {args.username} ({args.role}) written to {args.file}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def update_user(path: Path, username: str, *, disabled: bool | None = None, password: str | None = None) -> WebUser:
+    """Disable, enable or set a new password for one existing user; the user as written."""
+    entries = _read_entries(path)
+    index = next((i for i, e in enumerate(entries) if e.get("username") == username), None)
+    if index is None:
+        raise UsersFileError(f"there is no user {username!r} in {path}")
+    entry = entries[index]
+    if disabled is not None:
+        entry = {k: v for k, v in entry.items() if k != "disabled"} | ({"disabled": True} if disabled else {})
+    if password is not None:
+        entry = {**entry, "password_hash": hash_password(password)}
+    entries[index] = entry
+    _write_entries(path, entries)
+    return WebUser(**{**entry, "disabled": entry.get("disabled") is True})

@@ -18,7 +18,6 @@ import re
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,20 +29,28 @@ from werkzeug.wrappers import Response
 from ..app.core.domain import FindingScore, ImagingOrder, Job, Priority, TriageResult
 from ..app.core.errors import ErrorCode, TriageError
 from ..compliance.audit import (
+    ACCOUNT_LOCKED,
     AUDIT_READ,
     AUDIT_VERIFIED,
     AUTHENTICATION_FAILED,
     EVENT_KINDS,
     LOGIN,
+    LOGOUT,
     RESULT_READ,
+    SIGN_IN_THROTTLED,
+    STUDY_CLAIMED,
+    STUDY_MARKED_READ,
     AuditOutcome,
     AuditRecord,
 )
-from ..compliance.audit_store import AuditQueryError, StoredAuditEvent
+from ..compliance.audit_store import AuditQueryError
 from ..compliance.export import ExportFormat, build_filter, export_audit, verify_export
-from .imaging import PictureUnavailable, StudyPictures
+from .accounts import Refusal, SessionStore, SignInGuard
+from .audit_rows import ACTION_NAMES, AuditRow
+from .imaging import PictureUnavailable, StudyPictures, heatmap_palette
 from .markdown import render_markdown
-from .queries import FAILURE_TEXT, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .queries import FAILURE_TEXT, SORTS, Status, WorklistQuery, WorklistRow, failure_text, operations, worklist
+from .reading import ReadingLog, ReadingRefused
 from .sessions import (
     WEB_CLIENT_ID,
     csrf_ok,
@@ -51,11 +58,14 @@ from .sessions import (
     current_user,
     reason_text,
     require_page,
+    session_user,
     start_session,
+    wants_json,
     web_audit_context,
 )
 from .settings import WebSettings
-from .users import UserDirectory
+from .users import UserDirectory, WebRole
+from .worklist_rows import row_json, sort_links
 
 if TYPE_CHECKING:
     from ..app.factory import Components
@@ -65,6 +75,8 @@ log = logging.getLogger(__name__)
 PRIORITY_ORDER = (Priority.STAT, Priority.ASAP, Priority.URGENT, Priority.ROUTINE)
 #: Largest audit export a compliance officer may upload for verification through the page.
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: Audit records per page of compliance search results.
+AUDIT_PAGE = 100
 #: How often the worklist asks for changes, in milliseconds.
 POLL_INTERVAL_MS = 4000
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -122,44 +134,6 @@ def _parse_status(text: str) -> Status | None:
         return None
 
 
-@dataclass(frozen=True)
-class AuditRow:
-    """One audit record as the pages show it (who, what, outcome), read from its stored AuditEvent."""
-
-    id: int
-    recorded: datetime
-    kind: str
-    kind_display: str
-    action: str
-    outcome: int
-    client_id: str | None
-    user_id: str | None
-    patient_ref: str | None
-    description: str | None
-
-    @classmethod
-    def of(cls, event: StoredAuditEvent) -> AuditRow:
-        resource = event.resource()
-        user = None
-        for agent in resource.get("agent", []):
-            identifier = agent.get("who", {}).get("identifier", {})
-            if identifier.get("system", "").endswith("user-id") or "user" in identifier.get("system", ""):
-                user = identifier.get("value")
-        kind = EVENT_KINDS.get(event.kind or "")
-        return cls(
-            id=event.id,
-            recorded=event.recorded,
-            kind=event.kind or "",
-            kind_display=kind.display if kind else (event.kind or ""),
-            action=event.action,
-            outcome=event.outcome,
-            client_id=event.client_id,
-            user_id=user,
-            patient_ref=event.patient_ref,
-            description=resource.get("outcomeDesc"),
-        )
-
-
 OUTCOME_TEXT = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
 
@@ -191,6 +165,9 @@ def web_blueprint(
     )
     audit = components.audit
     store = components.store
+    sessions = SessionStore(components.engine)
+    guard = SignInGuard(components.engine)
+    reading = ReadingLog(components.engine)
     bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
 
     @bp.record_once
@@ -206,7 +183,7 @@ def web_blueprint(
         )
 
     def page(name: str) -> Callable[[Any], Any]:
-        return require_page(directory.get, settings, name)
+        return require_page(directory.get, settings, name, sessions)
 
     @bp.app_template_global()
     def nav_pages() -> list[tuple[str, str, str]]:
@@ -273,8 +250,7 @@ def web_blueprint(
 
     @bp.route("/", methods=["GET"])
     def home() -> Any:
-        username = session.get("user")
-        user = directory.get().get(username) if isinstance(username, str) else None
+        user, _reason = session_user(directory.get, settings, sessions)
         if user is None:
             return redirect(url_for("web.login"))
         for name, endpoint in (("worklist", "web.worklist_page"), ("compliance", "web.compliance_page")):
@@ -298,10 +274,13 @@ def web_blueprint(
                 no_users=False,
                 error="The sign-in form expired. Try again.",
             ), 400
-        username = request.form.get("username", "").strip()
+        username = request.form.get("username", "").strip()[:64]
         password = request.form.get("password", "")
-        user = directory.get().authenticate(username, password) if username and password else None
         address = request.remote_addr if request.remote_addr and len(request.remote_addr) <= 255 else None
+        refusal = guard.refusal(username, address) if username else None
+        if refusal is not None:
+            return _refused_sign_in(username, address, refusal, next_url)
+        user = directory.get().authenticate(username, password) if username and password else None
         if user is None:
             known = directory.get().get(username)
             audit.record(
@@ -315,6 +294,18 @@ def web_blueprint(
                     details={"method": "web-password"},
                 )
             )
+            if username and guard.failed(username, address):
+                audit.record(
+                    AuditRecord(
+                        ACCOUNT_LOCKED,
+                        outcome=AuditOutcome.MINOR_FAILURE,
+                        client_id=WEB_CLIENT_ID,
+                        user_id=known.username if known else None,
+                        peer_address=address,
+                        outcome_description="too-many-failures",
+                        details={"method": "web-password", "locked_minutes": "15"},
+                    )
+                )
             return render_template(
                 "login.html",
                 next_url=next_url,
@@ -322,44 +313,74 @@ def web_blueprint(
                 no_users=False,
                 error="The user name or password is not right.",
             ), 401
-        start_session(user)
+        guard.succeeded(user.username)
+        start_session(user, sessions.start(user.username))
         audit.record(AuditRecord.in_context(LOGIN, web_audit_context(user), details={"method": "web-password"}))
         return redirect(next_url or url_for("web.home"))
+
+    def _refused_sign_in(username: str, address: str | None, refusal: Refusal, next_url: str) -> Any:
+        known = directory.get().get(username)
+        audit.record(
+            AuditRecord(
+                SIGN_IN_THROTTLED,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                client_id=WEB_CLIENT_ID,
+                user_id=known.username if known else None,
+                peer_address=address,
+                outcome_description=refusal.reason,
+                details={"method": "web-password", "retry_after_s": str(refusal.retry_after_s)},
+            )
+        )
+        wait = human_duration(refusal.retry_after_s)
+        if refusal.reason == "account-locked":
+            error = (
+                f"This account is locked after repeated wrong passwords. Try again in {wait}, "
+                "or ask an administrator to unlock it."
+            )
+        else:
+            error = f"Too many wrong passwords from this computer. Wait {wait} before trying again."
+        response = Response(
+            render_template("login.html", next_url=next_url, notice=None, no_users=False, error=error),
+            status=429,
+            mimetype="text/html",
+        )
+        response.headers["Retry-After"] = str(refusal.retry_after_s)
+        return response
 
     @bp.route("/logout", methods=["POST"])
     def logout() -> Any:
         if csrf_ok():
+            user, _reason = session_user(directory.get, settings, sessions)
+            session_id = session.get("sid")
+            if user is not None and isinstance(session_id, str):
+                sessions.end(session_id, "signed-out")
+                audit.record(AuditRecord.in_context(LOGOUT, web_audit_context(user)))
             session.clear()
         return redirect(url_for("web.login", reason="signed-out"))
 
     # ------------------------------------------------------------------ worklist
 
     def _query() -> WorklistQuery:
+        sort = request.args.get("sort", "priority")
         return WorklistQuery(
             status=_parse_status(request.args.get("status", "")),
             priority=_parse_priority(request.args.get("priority", "")),
             search=request.args.get("q", "")[:64],
             flagged_only=request.args.get("flagged") == "1",
+            include_read=request.args.get("read") == "1",
+            sort=sort if sort in SORTS else "priority",
+            descending=request.args.get("dir") == "desc",
         )
 
     def _row_json(row: WorklistRow, now: datetime) -> dict[str, Any]:
-        return {
-            "id": row.job_id,
-            "url": url_for("web.study_page", job_id=row.job_id),
-            "priority": row.priority.code,
-            "raised": row.priority > row.requested_priority,
-            "status": row.status.value,
-            "status_label": row.status.label,
-            "reason": failure_text(row.failure_code) if row.status is Status.NOT_ANALYSED else None,
-            "patient": masked_patient(row.patient_ref, secret),
-            "accession": row.accession_number or "",
-            "received_at": row.received_at.isoformat(),
-            "waiting": human_duration(row.waiting_seconds(row.finished_at or now)),
-            "waiting_s": row.waiting_seconds(row.finished_at or now),
-            "findings": [_finding_json(f) for f in row.positive_findings],
-            "scored": bool(row.findings),
-            "placeholder": row.placeholder_model,
-        }
+        return row_json(
+            row,
+            now,
+            url=url_for,
+            patient=masked_patient(row.patient_ref, secret),
+            header=pictures.header(row.study_instance_uid),
+            human_duration=human_duration,
+        )
 
     def _audit_worklist(rows: list[WorklistRow]) -> None:
         """One record per distinct list shown to this session (see the module docstring)."""
@@ -372,7 +393,7 @@ def web_blueprint(
                 interaction="search-type",
                 entities=tuple(f"Task/{r.job_id}" for r in rows),
                 query=request.full_path if request.query_string else request.path,
-                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked"},
+                details={"matches": str(len(rows)), "view": "worklist", "patients": "masked", "thumbnails": "shown"},
             )
         )
         session["worklist_audited"] = shown
@@ -392,6 +413,8 @@ def web_blueprint(
             statuses=list(Status),
             priorities=PRIORITY_ORDER,
             poll_ms=POLL_INTERVAL_MS,
+            sorts=sort_links(query, request.args.to_dict(), url_for),
+            back=request.full_path if request.query_string else request.path,
         )
 
     @bp.route("/worklist.json", methods=["GET"])
@@ -400,7 +423,60 @@ def web_blueprint(
         rows, total = worklist(components.engine, _query())
         _audit_worklist(rows)
         now = datetime.now(UTC)
-        return jsonify({"total": total, "rows": [_row_json(r, now) for r in rows], "at": now.isoformat()})
+        shown = [_row_json(r, now) for r in rows]
+        back = request.args.get("back", "")
+        html = render_template("_worklist_rows.html", rows=shown, back=_safe_next(back) or url_for("web.worklist_page"))
+        return jsonify({"total": total, "rows": shown, "html": html, "at": now.isoformat()})
+
+    @bp.route("/studies/<job_id>/thumb.png", methods=["GET"])
+    @page("worklist")
+    def study_thumbnail(job_id: str) -> Any:
+        """The worklist's small picture; covered by the worklist's own audit record ("thumbnails": "shown")."""
+        _job, order, result = _load(job_id)
+        try:
+            png = pictures.thumbnail(order, result)
+        except PictureUnavailable as error:
+            return jsonify({"error": "image-unavailable", "message": error.message}), error.status
+        response = send_file(_bytes(png), mimetype="image/png", max_age=0)
+        response.headers["Cache-Control"] = "private, max-age=600"
+        return response
+
+    @bp.route("/studies/<job_id>/reading", methods=["POST"])
+    @page("study")
+    def study_reading(job_id: str) -> Any:
+        """Claim, release, mark read or unread (form field ``action``); audited; back to ``next``."""
+        job, order, _result = _load(job_id)
+        user = current_user()
+        assert user is not None  # require_page guarantees it
+        action = request.form.get("action", "")
+        admin = user.role is WebRole.ADMIN
+        try:
+            change: Callable[[], object] = {
+                "claim": lambda: reading.claim(job.id, user.username),
+                "release": lambda: reading.release(job.id, user.username, may_release_others=admin),
+                "read": lambda: reading.mark_read(job.id, user.username),
+                "unread": lambda: reading.mark_unread(job.id),
+            }[action]
+        except KeyError:
+            return render_message("Not understood", "Choose claim, release, read or unread.", status=400)
+        try:
+            change()
+        except ReadingRefused as refused:
+            if wants_json():
+                return jsonify({"error": "refused", "message": f"This study is {refused}."}), 409
+            back = url_for("web.worklist_page")
+            return render_message("Not changed", f"This study is {refused}.", status=409, back=back)
+        audit.record(
+            AuditRecord.in_context(
+                STUDY_MARKED_READ if action in ("read", "unread") else STUDY_CLAIMED,
+                entities=(f"Task/{job.id}",),
+                patient_ref=order.patient_ref,
+                details={"action": action},
+            )
+        )
+        if wants_json():
+            return jsonify({"ok": True, "action": action})
+        return redirect(_safe_next(request.form.get("next", "")) or url_for("web.study_page", job_id=job.id))
 
     @bp.route("/studies/<job_id>/patient.json", methods=["POST"])
     @page("study")
@@ -448,9 +524,11 @@ def web_blueprint(
         _audit_read(job, order, "study")
         status = Status.of(job.state)
         findings = sorted(result.findings, key=lambda f: (not f.positive, -f.probability)) if result else []
+        positive = [f for f in findings if f.positive]
         draft = draft_report(job.id) if draft_report else None
         now = datetime.now(UTC)
         received = order.received_at or now
+        taken = reading.get(job.id)
         return render_template(
             "study.html",
             job=job,
@@ -459,14 +537,18 @@ def web_blueprint(
             status=status,
             reason=failure_text(job.failure_code) if status is Status.NOT_ANALYSED else None,
             findings=findings,
-            positive=[f for f in findings if f.positive],
+            positive=positive,
+            palette=heatmap_palette([f.label for f in positive]),
+            not_assessed=result.not_assessed if result else (),
             draft=draft,
             events=store.events(job.id),
             history=_study_history(job, order),
             patient=masked_patient(order.patient_ref, secret),
-            waited=human_duration(
-                ((job.updated_at if job.state.is_terminal and job.updated_at else now) - received).total_seconds()
-            ),
+            header=pictures.header(order.study_instance_uid),
+            reading=taken,
+            back=request.path,
+            waited=human_duration(((taken.waiting_ended_at or now) - received).total_seconds()),
+            waiting_over=taken.waiting_ended_at is not None,
         )
 
     @bp.route("/studies/<job_id>/image.png", methods=["GET"])
@@ -505,7 +587,7 @@ def web_blueprint(
     def _filter_fields(source: Any) -> dict[str, str]:
         fields = {
             name: (source.get(name) or "").strip()[:255]
-            for name in ("start", "end", "patient", "action", "kind", "client", "outcome")
+            for name in ("start", "end", "patient", "action", "kind", "client", "outcome", "user")
         }
         return fields
 
@@ -518,7 +600,7 @@ def web_blueprint(
         status: int = 200,
     ) -> Any:
         rows: list[AuditRow] = []
-        total = 0
+        total = offset = 0
         searched = any(fields.values()) or request.args.get("search") == "1"
         if searched and error is None:
             try:
@@ -527,7 +609,7 @@ def web_blueprint(
                 error = refused.detail or "The search could not be understood."
             else:
                 offset = max(0, _int(request.args.get("offset"), 0))
-                events, total = audit.search(audit_filter, offset=offset, limit=100)
+                events, total = audit.search(audit_filter, offset=offset, limit=AUDIT_PAGE)
                 rows = [AuditRow.of(e) for e in events]
                 audit.record(
                     AuditRecord.in_context(
@@ -549,7 +631,23 @@ def web_blueprint(
             error=error,
             verification=verification,
             formats=list(ExportFormat),
+            actions=ACTION_NAMES,
+            pages=_audit_pages(fields, offset, total),
         ), status
+
+    def _audit_pages(fields: dict[str, str], offset: int, total: int) -> dict[str, Any]:
+        """Newer/older links for results beyond one page (the newest come first)."""
+        params: dict[str, Any] = {"search": "1", **{k: v for k, v in fields.items() if v}}
+
+        def at(position: int) -> str:
+            return url_for("web.compliance_page", **(params | ({"offset": position} if position else {})))
+
+        return {
+            "first": offset + 1 if total else 0,
+            "last": min(total, offset + AUDIT_PAGE),
+            "newer": at(max(0, offset - AUDIT_PAGE)) if offset > 0 else None,
+            "older": at(offset + AUDIT_PAGE) if offset + AUDIT_PAGE < total else None,
+        }
 
     @bp.route("/compliance", methods=["GET"])
     @page("compliance")
@@ -678,8 +776,11 @@ def web_blueprint(
             evaluation = _evaluation_summary(active.path)
         ops = operations(components.engine)
         live_charts = _live_charts(components)
+        from ..monitoring.site_drift import site_status  # issue 10: shadow mode and site drift banners
+
         return render_template(
             "model.html",
+            site=site_status(components),
             live_charts=live_charts,
             models=registered,
             active=active,

@@ -62,3 +62,17 @@ def test_verify_names_the_broken_record_and_exits_1(sqlite_engine: Engine) -> No
 def test_a_bad_range_exits_2_with_a_clear_message(sqlite_engine: Engine) -> None:
     code, _, err = run(sqlite_engine, "export", "--start", "2025-03-05", "--end", "2025-03-01")
     assert code == 2 and "error: the end of the range is not after its start" in err
+
+
+def test_verifying_a_truncated_or_junk_export_never_says_record_none(sqlite_engine: Engine, tmp_path: Path) -> None:
+    log = AuditLog(sqlite_engine)
+    for n in range(3):
+        log.record(AuditRecord(ORDER_RECEIVED, client_id="ris", entities=(f"ServiceRequest/{n}",)))
+    target = tmp_path / "audit.ndjson"
+    assert run(sqlite_engine, "export", "-o", str(target))[0] == 0
+    lines = target.read_text().splitlines()
+    for name, content in (("junk", "junk\n"), ("cut", "\n".join(lines[:2]) + "\n"), ("half", target.read_text()[:200])):
+        broken = tmp_path / f"{name}.ndjson"
+        broken.write_text(content)
+        code, _, err = run(sqlite_engine, "verify", "--export", str(broken))
+        assert code == 1 and "None" not in err and err.startswith("export NOT VERIFIED: "), (name, err)

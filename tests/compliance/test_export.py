@@ -318,3 +318,39 @@ def test_fhir_search_parameters_become_a_filter() -> None:
 def test_build_filter_and_format_parse() -> None:
     assert build_filter(outcome=8).outcome == 8
     assert ExportFormat.parse(" CSV ") is ExportFormat.CSV and ExportFormat.BUNDLE.media_type == "application/fhir+json"
+
+
+def test_the_user_filter_selects_records_naming_that_person_and_csv_has_a_user_column(audit_log: AuditLog) -> None:
+    for user in ("rad", "radiologist2", "comp", "rad"):
+        audit_log.record(AuditRecord(RESULT_READ, client_id="radtriage-web", user_id=user, interaction="read"))
+    audit_log.record(AuditRecord(LOGIN, client_id="ehr"))
+    text, summary = export(audit_log, "csv", user="rad")
+    assert summary.records == 2  # not "radiologist2": the whole identifier value matches
+    rows = [r for r in csv.DictReader(io.StringIO(text)) if r["row_type"] == "record"]
+    assert [r["user_id"] for r in rows] == ["rad", "rad"]
+    assert verify_export(io.StringIO(text)).ok
+    tampered = text.replace(",rad,", ",comp,", 1)
+    result = verify_export(io.StringIO(tampered))
+    assert not result.ok and "user_id" in (result.reason or "")
+    # An export written before the user column existed still verifies.
+    legacy = list(csv.reader(io.StringIO(text)))
+    at = legacy[0].index("user_id")
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([row[:at] + row[at + 1 :] for row in legacy])
+    assert verify_export(io.StringIO(out.getvalue())).ok
+
+
+def test_a_truncated_or_junk_export_says_what_is_wrong_with_the_file(populated: AuditLog) -> None:
+    text, _ = export(populated)
+    cut_inside_a_line = text[: len(text) // 2]
+    cut_between_lines = "\n".join(text.splitlines()[:3]) + "\n"
+    reasons = {
+        "empty": verify_export(io.StringIO("")).reason,
+        "junk": verify_export(io.StringIO("hello, not an export\n")).reason,
+        "inside": verify_export(io.StringIO(cut_inside_a_line)).reason,
+        "between": verify_export(io.StringIO(cut_between_lines)).reason,
+    }
+    assert "empty" in (reasons["empty"] or "")
+    assert "neither FHIR JSON" in (reasons["junk"] or "")
+    assert "not a readable audit export" in (reasons["inside"] or "")
+    assert "truncated" in (reasons["between"] or "")

@@ -196,9 +196,16 @@ def test_transaction_bundle(client: FlaskClient, studies: Studies, fhir_schema_p
     response = fhir_json(post(client, "", bundle), 200, fhir_schema_path)
     assert response["type"] == "transaction-response"
     assert [e["response"]["status"] for e in response["entry"]] == ["201 Created", "201 Created"]
-    locations = {e["response"]["location"] for e in response["entry"]}
-    assert len(locations) == 1  # both entries are one order
-    task_id = locations.pop().removeprefix("Task/")
+    # Each entry names its own resource as kept (issue 13: both used to name the Task); the Task is found from
+    # the ServiceRequest, and each entry's outcome names it too.
+    locations = [e["response"]["location"] for e in response["entry"]]
+    assert locations == ["ServiceRequest/sr-tx/_history/1", "ImagingStudy/is-tx/_history/1"]
+    assert [e["resource"]["resourceType"] for e in response["entry"]] == ["ServiceRequest", "ImagingStudy"]
+    [task_entry] = get(client, "/fhir/Task?based-on=ServiceRequest/sr-tx", fhir_schema_path)["entry"]
+    task_id = task_entry["resource"]["id"]
+    assert {e["response"]["outcome"]["issue"][0]["details"]["text"] for e in response["entry"]} == {f"Task/{task_id}"}
+    kept_study = get(client, "/fhir/ImagingStudy/is-tx", fhir_schema_path)
+    assert kept_study["basedOn"] == [{"reference": "ServiceRequest/sr-tx"}]  # the urn:uuid resolved
 
     task = poll_task(client, task_id, fhir_schema_path)
     assert (task["status"], task["priority"]) == ("completed", "urgent")
@@ -306,6 +313,28 @@ def snapshot(client: FlaskClient, components: Components, schema: Path) -> list[
 
 
 BAD_INPUT = [
+    # Issue 13: 50,000 nested arrays used to be a 500 (RecursionError in the parser); nesting is capped first.
+    pytest.param("/ImagingStudy", b"[" * 50_000 + b"]" * 50_000, FHIR_JSON, 400, "invalid", None, id="deep-arrays"),
+    pytest.param("/", b'{"a":' * 20_000 + b"1" + b"}" * 20_000, FHIR_JSON, 400, "invalid", None, id="deep-objects"),
+    # Issue 13: a JSON string is never a FHIR integer or boolean (fhir.resources would coerce it).
+    pytest.param(
+        "/ImagingStudy",
+        json.dumps({**imaging_study("1.2.3"), "numberOfSeries": "1"}),
+        FHIR_JSON,
+        400,
+        "invalid",
+        "ImagingStudy.numberOfSeries",
+        id="integer-as-string",
+    ),
+    pytest.param(
+        "/ServiceRequest",
+        json.dumps({**service_request("1.2.3"), "doNotPerform": "false"}),
+        FHIR_JSON,
+        400,
+        "invalid",
+        "ServiceRequest.doNotPerform",
+        id="boolean-as-string",
+    ),
     pytest.param("/ImagingStudy", b'{"resourceType": "ImagingStudy",', FHIR_JSON, 400, "invalid", None, id="malformed"),
     pytest.param("/ImagingStudy", b'{"resourceType": NaN}', FHIR_JSON, 400, "invalid", None, id="nan-is-not-json"),
     pytest.param("/ImagingStudy", b"\xff\xfe{}", FHIR_JSON, 400, "invalid", None, id="not-utf8"),
@@ -592,7 +621,8 @@ def test_metadata_lists_exactly_the_routes_that_exist(app: Flask, client: FlaskC
     assert operation["definition"] == f"{terminology.RADTRIAGE_FHIR_BASE}/OperationDefinition/audit-export"
 
     search_params = {r["type"]: {p["name"] for p in r.get("searchParam", [])} for r in rest["resource"]}
-    assert search_params["Task"] == {"status", "priority"}
+    assert search_params["Task"] == {"based-on", "status", "priority"}
+    assert search_params["ServiceRequest"] == {"identifier", "patient", "subject"}
     assert search_params["DiagnosticReport"] == {"based-on", "subject", "status"}
     assert search_params["Provenance"] == {"target"}
     assert search_params["AuditEvent"] == {"date", "patient", "action", "subtype", "agent", "outcome"}

@@ -7,8 +7,10 @@ import io
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from fhirclient.models.diagnosticreport import DiagnosticReport as FhirclientReport
 from PIL import Image
 
 from radtriage.app.config import load_settings
@@ -60,7 +62,14 @@ def test_each_positive_finding_has_a_heatmap_the_report_links(client, fhir_schem
     assert len(pictures) == len(positives)
     assert all(label in form["title"] for label, form in zip(positives, pictures, strict=True))
 
-    url = "/fhir/" + pictures[0]["url"]
+    # Absolute URLs from the service's base (issue 13: a relative Binary/... is refused by fhir.resources 6), and
+    # fhirclient's R4 models read the report.
+    absolute = pictures[0]["url"]
+    assert urlsplit(absolute).scheme in ("http", "https") and urlsplit(absolute).netloc
+    assert absolute.startswith("http://localhost/fhir/Binary/heatmap-")
+    parsed = FhirclientReport(report)
+    assert parsed.presentedForm[-1].url == pictures[-1]["url"]
+    url = urlsplit(absolute).path
     png = client.get(url, headers={"Accept": "image/png"})
     assert png.status_code == 200 and png.mimetype == "image/png"
     assert Image.open(io.BytesIO(png.data)).size == (512, 512)

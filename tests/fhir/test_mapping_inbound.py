@@ -338,7 +338,7 @@ def test_two_studies_for_one_request_are_refused() -> None:
     error = refused(
         inbound.orders_from_transaction, transaction(post(service_request(), SR_URN), post(first), post(second))
     )
-    assert (error.code, error.location) == (ErrorCode.UNSUPPORTED, "Bundle.entry[2].resource.basedOn")
+    assert (error.code, error.location) == (ErrorCode.UNSUPPORTED, "Bundle.entry[2].resource.basedOn[0]")
 
 
 def test_one_bad_entry_refuses_the_whole_transaction() -> None:

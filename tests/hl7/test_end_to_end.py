@@ -56,6 +56,7 @@ def test_an_hl7_order_is_triaged_and_the_ris_gets_the_priority(
         ris_host="127.0.0.1",
         ris_port=ris.port,
         workers=1,
+        shadow_mode="off",  # the RIS hears from the model only outside shadow mode (issue 10)
     )
     components.close()
     service = build_components(settings)
@@ -70,8 +71,11 @@ def test_an_hl7_order_is_triaged_and_the_ris_gets_the_priority(
         assert [ack_code(chest), ack_code(leg)] == ["AA", "AA"]
 
         assert wait_for_job(service, "RIS^HOSP|CHEST") is JobState.COMPLETED
-        assert wait_for_job(service, "RIS^HOSP|LEG") is JobState.FAILED  # not a chest: not analysed, no update
-        [update] = ris.wait_for(1, timeout=30)
+        assert wait_for_job(service, "RIS^HOSP|LEG") is JobState.FAILED  # not a chest: not analysed...
+        received = ris.wait_for(2, timeout=30)
+        [update] = [r for r in received if str(r.message.segment("ORC")(2)) == "CHEST^RIS"]
+        [not_analysed] = [r for r in received if str(r.message.segment("ORC")(2)) == "LEG^RIS"]
+        assert str(not_analysed.message.segment("ORC")(16)).startswith("NOT-ANALYSED")  # ...and the RIS is told
         orc = update.message.segment("ORC")
         assert str(orc(1)) == "XO" and str(orc(2)) == "CHEST^RIS"
         sent = DEFAULT_PRIORITY_MAP.from_hl7(str(orc(7)).split("^")[5])
@@ -82,7 +86,7 @@ def test_an_hl7_order_is_triaged_and_the_ris_gets_the_priority(
         result = service.store.get_result(job.id)
         assert result is not None and sent == result.priority >= order.requested_priority
         time.sleep(0.5)
-        assert len(ris.received) == 1
+        assert len(ris.received) == 2
     finally:
         door.stop()
         service.close()

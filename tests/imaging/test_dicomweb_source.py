@@ -216,3 +216,73 @@ def test_orthanc_fixture_clear_empties_the_archive(orthanc: OrthancServer) -> No
     orthanc.clear()
     error, _ = failure(source, study_uid)
     assert error.code is ErrorCode.STUDY_NOT_FOUND
+
+
+# ------------------------------------------------------------------ circuit breaker and bounded requests
+
+
+def test_a_dead_archive_opens_the_breaker_and_jobs_then_fail_fast(silent_server: str) -> None:
+    timeout = 0.4
+    source = DicomwebStudySource(silent_server, timeout=timeout, attempts=1, breaker_failures=3, breaker_cooldown=1.0)
+    slow = [failure(source)[1] for _ in range(3)]
+    assert all(elapsed >= timeout * 0.9 for elapsed in slow)  # each of these held its worker for the timeout
+    assert source.breaker.is_open
+    # Now every request fails at once, so ten jobs cost ten milliseconds instead of ten timeouts.
+    fast = [failure(source) for _ in range(10)]
+    assert all(error.code is ErrorCode.PACS_UNAVAILABLE and error.retryable for error, _ in fast)
+    assert "not asked" in fast[0][0].detail and STUDY_UID not in fast[0][0].detail
+    assert sum(elapsed for _, elapsed in fast) < 0.5
+    # After the cool-down one request tests the archive again; still silent, so the breaker opens again.
+    time.sleep(1.1)
+    _, probe = failure(source)
+    assert probe >= timeout * 0.9
+    assert source.breaker.is_open
+
+
+def test_the_breaker_closes_when_the_archive_is_back(own_orthanc: OrthancServer) -> None:
+    data = (pydicom_data_dir() / "RG1_J2KI.dcm").read_bytes()
+    own_orthanc.upload(data)
+    study = str(dcmread(pydicom_data_dir() / "RG1_J2KI.dcm", stop_before_pixels=True).StudyInstanceUID)
+    source = DicomwebStudySource(
+        own_orthanc.dicomweb_url, username=own_orthanc.username, password=own_orthanc.password,
+        timeout=2, attempts=1, breaker_failures=2, breaker_cooldown=0.5,
+    )  # fmt: skip
+    assert source.find_instances(study)
+    own_orthanc.stop()
+    for _ in range(2):
+        failure(source, study)
+    assert source.breaker.is_open
+    own_orthanc.restart()
+    time.sleep(0.6)
+    assert source.find_instances(study)  # the trial request succeeds and closes the breaker
+    assert not source.breaker.is_open and source.breaker.failures == 0
+
+
+def test_answers_that_are_not_the_archives_fault_do_not_open_the_breaker(canned_server: Any) -> None:
+    server = canned_server(lambda path: (404, {}))
+    source = DicomwebStudySource(server.url, attempts=1, breaker_failures=2)
+    for _ in range(4):
+        error, _ = failure(source)
+        assert error.code is ErrorCode.STUDY_NOT_FOUND
+    assert not source.breaker.is_open and len(server.requests) == 4
+
+
+def test_an_instance_without_the_part10_preamble_is_unreadable_not_retryable(orthanc: OrthancServer) -> None:
+    """Orthanc stores and serves a DICOM object that lacks the 128-byte preamble and "DICM" (its upload accepts a
+    bare data set with file meta). Asking again would give the same bytes: not analysed, not "try later"."""
+    import io
+
+    from pydicom import dcmwrite
+
+    dataset = dcmread(pydicom_data_dir() / "RG1_J2KI.dcm")
+    dataset.StudyInstanceUID, dataset.SOPInstanceUID = generate_uid(), generate_uid()
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    orthanc.upload(buffer.getvalue()[132:])  # no preamble, no "DICM"
+    source = DicomwebStudySource(orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password)
+    (instance,) = source.find_instances(str(dataset.StudyInstanceUID))
+    with pytest.raises(TriageError) as caught:
+        source.retrieve_instance(instance)
+    assert caught.value.code is ErrorCode.UNREADABLE_IMAGE and not caught.value.retryable
+    assert str(dataset.StudyInstanceUID) not in str(caught.value)
+    assert not source.breaker.is_open and source.breaker.failures == 0

@@ -77,6 +77,22 @@ class OrthancServer:
         except OSError:
             return ""
 
+    def restart(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Start Orthanc again after `stop()` (a PACS outage in a test), on the same ports and storage."""
+        config_path = self.log_path.with_name("orthanc.json")
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [ORTHANC_BINARY, str(config_path)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=config_path.parent,
+            )
+        self._session = requests.Session()
+        self._session.auth = (self.username, self.password)
+        if not _wait_until_ready(self, time.monotonic() + timeout):
+            raise RuntimeError(f"Orthanc did not start again; log:\n{self.log_tail()}")
+
     def stop(self) -> None:
         self._session.close()
         if self.process.poll() is None:
@@ -176,6 +192,19 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
     if reason:
         pytest.skip(reason)
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """An Orthanc for one test alone, which the test may stop and `restart()` (PACS outages)."""
+    reason = orthanc_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = start_orthanc(tmp_path_factory.mktemp("own-orthanc"))
     try:
         yield server
     finally:

@@ -139,6 +139,11 @@ class TriageResult:
     severity: float | None = None
     #: Findings the triage policy names but the model cannot assess: reported as "not assessed" on every output.
     not_assessed: tuple[str, ...] = ()
+    #: Shadow mode (issue 10): the model's priority was recorded but not acted on. `priority` is then the order's
+    #: own priority and `model_priority` what the model and policy would have set.
+    shadow: bool = False
+    #: The priority the model and policy decided (equal to `priority` when not in shadow mode).
+    model_priority: Priority | None = None
     #: Heatmaps of the positive findings, when a caller stores them with the result. The service itself adds them
     #: after publishing (`OrderStore.add_heatmaps`); the store keeps them apart (`heatmap_png`), so a result read
     #: back from the store has none here.
@@ -163,6 +168,14 @@ class Job:
     retryable: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: When a job that failed for a retryable reason will be tried again (radtriage.app.retry); None when no
+    #: automatic retry is planned (not failed, not retryable, or its retry window has ended).
+    next_attempt_at: datetime | None = None
+
+    @property
+    def waiting_to_retry(self) -> bool:
+        """Failed for now, but planned to run again: to clients it is still in progress."""
+        return self.state is JobState.FAILED and self.next_attempt_at is not None
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,14 @@ _DISPLAY = {
 RETRYABLE_CODES = frozenset({ErrorCode.PACS_UNAVAILABLE, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.INTERNAL})
 
 
+def waiting_text(failure_code: str | None) -> str:
+    """What a job waiting for an automatic retry waits for, in words (FHIR Task.businessStatus, the worklist)."""
+    return {
+        ErrorCode.PACS_UNAVAILABLE.value: "waiting for PACS",
+        ErrorCode.MODEL_UNAVAILABLE.value: "waiting for the model",
+    }.get(failure_code or "", "waiting to retry")
+
+
 class TriageError(Exception):
     """A failure with a stable code. `detail` is for people and must not contain patient data.
 

@@ -3,6 +3,7 @@
     received → queued → fetching → selected → preprocessed → scoring → scored → publishing → completed
     any non-terminal state → failed(reason, retryable) | cancelled
     any non-terminal state → queued  (a restarted service re-queues unfinished work)
+    failed → queued (a retry) | cancelled (an order cancelled while its job waits for a retry)
 
 `advance` is the only way a job changes state: it checks the table and returns the single event that
 describes the move; the store commits the event and the new state together.
@@ -33,8 +34,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     state: frozenset({FORWARD[state], S.FAILED, S.CANCELLED, S.QUEUED} - {state}) if state in FORWARD else frozenset()
     for state in JobState
 }
-# A failed job that may succeed later (PACS down) can be queued again; completed and cancelled are final.
-TRANSITIONS[S.FAILED] = frozenset({S.QUEUED})
+# A failed job that may succeed later (PACS down) can be queued again, and an order cancelled while its job waits
+# for a retry (radtriage.app.retry) cancels the job; completed and cancelled are final.
+TRANSITIONS[S.FAILED] = frozenset({S.QUEUED, S.CANCELLED})
 
 
 def can_move(from_state: JobState, to_state: JobState) -> bool:

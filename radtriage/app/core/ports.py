@@ -81,7 +81,7 @@ class OrderStore(Protocol):
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[Job], int]:
-        """Jobs, most urgent first then oldest first, and the total count matching."""
+        """Jobs in worklist order (most urgent first, then most severe, then oldest) and the total count matching."""
         ...
 
     def list_results(
@@ -165,6 +165,19 @@ class TriagePolicy(Protocol):
     def decide(self, findings: Sequence[FindingScore], requested: Priority) -> tuple[Priority, str]:
         """The priority for a scored study and a short reason. Must never return less than `requested`."""
         ...
+
+    def labels_named(self) -> frozenset[str]:
+        """Every finding a rule names; those the model lacks are reported as "not assessed"."""
+        ...
+
+
+class ShadowGate(Protocol):
+    """Whether results of a model are only recorded (shadow mode) rather than acted on.
+
+    Returns None when the model may set priorities, else the reason it may not (no site validation recorded
+    for it, an operator's override, the site's score distribution drifting from its validation)."""
+
+    def __call__(self, model: ModelIdentity) -> str | None: ...
 
 
 class JobQueue(Protocol):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from .domain import FindingScore, ImagingOrder, Job, JobEvent, JobState, Priority, TriageResult
+from .domain import FindingScore, ImagingOrder, InstanceInfo, Job, JobEvent, JobState, Priority, TriageResult
 from .errors import ErrorCode, TriageError
 from .pipeline import advance
 from .ports import (
@@ -22,7 +22,9 @@ from .ports import (
     InstanceSelector,
     JobQueue,
     OrderStore,
+    PreparedImage,
     ResultPublisher,
+    ShadowGate,
     StudySource,
     TriagePolicy,
 )
@@ -54,8 +56,11 @@ class TriageService:
         clock: Clock | None = None,
         listeners: Sequence[EventListener] = (),
         publishers: Sequence[ResultPublisher] = (),
+        shadow: ShadowGate | None = None,
     ) -> None:
-        """`scorer` is a factory so that processes that never score (web, MLLP) never load the model."""
+        """`scorer` is a factory so that processes that never score (web, MLLP) never load the model.
+
+        `shadow` says, per model, whether its priorities are only recorded (shadow mode); None acts on them."""
         self.store = store
         self.queue = queue
         self.source = source
@@ -66,6 +71,7 @@ class TriageService:
         self.clock: Clock = clock or SystemClock()
         self.listeners = list(listeners)
         self.publishers = list(publishers)
+        self.shadow = shadow
 
     # ------------------------------------------------------------------ orders in
 
@@ -87,6 +93,9 @@ class TriageService:
             self._emit(created_event)
             stored_job = self._move(stored_job, S.QUEUED)
             self.queue.enqueue(stored_job.id)
+        elif stored_job.state is S.FAILED and stored_job.retryable:
+            # The sender tries again, so do we: what failed (the PACS, the model) may be back.
+            stored_job = self._retry_if_still_failed(stored_job.id, "retry: the order was sent again")
         return stored_order, stored_job, created
 
     def update_order(self, order: ImagingOrder) -> tuple[ImagingOrder, Job]:
@@ -118,16 +127,25 @@ class TriageService:
             raise TriageError(ErrorCode.NOT_FOUND, "no such order")
         if job.state is S.CANCELLED:
             return job
-        if job.state.is_terminal:
+        if job.state.is_terminal and not job.waiting_to_retry:
             raise TriageError(ErrorCode.CONFLICT, f"the job is already {job.state.value}")
         return self._move(job, S.CANCELLED, detail=reason)
 
-    def retry_job(self, job_id: str) -> Job:
-        """Queue a failed job again (e.g. after the PACS came back)."""
+    def retry_job(self, job_id: str, detail: str = "retry") -> Job:
+        """Queue a failed job again (e.g. after the PACS came back). `detail` says who asked (radtriage.app.retry
+        for automatic retries, an operator, a re-sent order); raises CONFLICT unless the job is failed."""
         job = self._job(job_id)
-        job = self._move(job, S.QUEUED, detail="retry")
+        job = self._move(job, S.QUEUED, detail=detail)
         self.queue.enqueue(job.id)
         return job
+
+    def _retry_if_still_failed(self, job_id: str, detail: str) -> Job:
+        try:
+            return self.retry_job(job_id, detail)
+        except TriageError as err:  # another process retried or cancelled it meanwhile: theirs wins
+            if err.code is not ErrorCode.CONFLICT:
+                raise
+            return self._job(job_id)
 
     def resume_unfinished(self) -> int:
         """Re-queue every job a previous process left unfinished; returns how many."""
@@ -161,20 +179,8 @@ class TriageService:
             job = self._move(job, S.PREPROCESSED)
             job = self._move(job, S.SCORING)
             findings = scorer.score(image)
-            priority, why = self.policy.decide(findings, order.requested_priority)
-            # The policy promises this already; the core enforces it too because it is a safety rule.
-            priority = max(priority, order.requested_priority)
-            result = TriageResult(
-                job_id=job.id,
-                findings=tuple(findings),
-                priority=priority,
-                model=scorer.identity,
-                series_instance_uid=chosen.series_instance_uid,
-                sop_instance_uid=chosen.sop_instance_uid,
-                priority_reason=why,
-                created_at=self._now(),
-            )
-            job = self._move(job, S.SCORED, priority=priority, result=result)
+            result = self._triage(job.id, order, chosen, scorer, image, findings)
+            job = self._move(job, S.SCORED, priority=result.priority, result=result)
             job = self._move(job, S.PUBLISHING)
             for publisher in self.publishers:
                 publisher.publish(order, result)
@@ -192,6 +198,55 @@ class TriageService:
         except Exception:
             log.exception("job %s failed with an unexpected error", job_id)
             return self._fail(job_id, TriageError(ErrorCode.INTERNAL, "unexpected error while processing"))
+
+    def _triage(
+        self,
+        job_id: str,
+        order: ImagingOrder,
+        chosen: InstanceInfo,
+        scorer: ImageScorer,
+        image: PreparedImage,
+        findings: Sequence[FindingScore],
+    ) -> TriageResult:
+        """The result of one scored study: the policy's priority (acted on unless in shadow mode), the severity
+        and the findings the policy names that this model cannot assess."""
+        decided, why = self.policy.decide(findings, order.requested_priority)
+        # The policy promises this already; the core enforces it too because it is a safety rule.
+        decided = max(decided, order.requested_priority)
+        shadow_reason = self.shadow(scorer.identity) if self.shadow is not None else None
+        priority = decided
+        if shadow_reason is not None:
+            # Shadow mode: record what the model would have done, act on nothing (the order keeps its priority).
+            priority = order.requested_priority
+            why = f"SHADOW MODE ({shadow_reason}): the model would have set {decided.code.upper()}; {why}"
+        return TriageResult(
+            job_id=job_id,
+            findings=tuple(findings),
+            priority=priority,
+            model=scorer.identity,
+            series_instance_uid=chosen.series_instance_uid,
+            sop_instance_uid=chosen.sop_instance_uid,
+            priority_reason=why,
+            created_at=self._now(),
+            severity=self._severity(job_id, scorer, image),
+            not_assessed=self.not_assessed(scorer),
+            shadow=shadow_reason is not None,
+            model_priority=decided,
+        )
+
+    def not_assessed(self, scorer: ImageScorer | None = None) -> tuple[str, ...]:
+        """Findings the triage policy names that the model has no output for, sorted: "not assessed"."""
+        scorer = scorer or self.scorer
+        return tuple(sorted(self.policy.labels_named() - frozenset(scorer.labels)))
+
+    @staticmethod
+    def _severity(job_id: str, scorer: ImageScorer, image: PreparedImage) -> float | None:
+        """Severity orders studies within a priority; a severity that fails must not cost the study its triage."""
+        try:
+            return scorer.severity(image)
+        except Exception:
+            log.exception("severity for job %s could not be computed; the result is kept without it", job_id)
+            return None
 
     @property
     def scorer(self) -> ImageScorer:

@@ -26,7 +26,11 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def create_database_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with the settings each backend needs for several threads writing at once."""
+    """An engine with the settings each backend needs for several threads writing at once.
+
+    ``hide_parameters``: a failed statement's error text (which may be logged) never quotes the values it
+    carried; they can be patient data or a hostile sender's bytes. Statements are never echoed to the log."""
+    kwargs = {"hide_parameters": True, "echo": False, **kwargs}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,21 @@ _ORDER_FIELDS = (
 
 
 
+def worklist_order() -> tuple[Any, ...]:
+    """ORDER BY for a worklist of `jobs` outer-joined with `results`: priority (most urgent first), then severity
+    (most severe first; studies without a severity after those with one), then waiting time (oldest first).
+
+    Severity only orders studies within one priority, never across: it does not change any priority. SQL's NULL
+    ordering differs between SQLite and PostgreSQL, so "no severity last" is written out."""
+    return (
+        jobs.c.priority.desc(),
+        case((results.c.severity.is_(None), 1), else_=0),
+        results.c.severity.desc(),
+        jobs.c.created_at,
+        jobs.c.id,
+    )
+
+
 def _order_from_row(row: Row[Any]) -> ImagingOrder:
     m = row._mapping
     values = {name: m[name] for name in _ORDER_FIELDS}
@@ -67,6 +82,7 @@ def _job_from_row(row: Row[Any]) -> Job:
         retryable=m["retryable"],
         created_at=_utc(m["created_at"]),
         updated_at=_utc(m["updated_at"]),
+        next_attempt_at=_utc(m.get("next_attempt_at")),
     )
 
 
@@ -81,6 +97,10 @@ def _result_from_row(row: Row[Any]) -> TriageResult:
         sop_instance_uid=m["sop_instance_uid"],
         priority_reason=m["priority_reason"],
         created_at=_utc(m["created_at"]),
+        severity=None if m["severity"] is None else float(m["severity"]),
+        not_assessed=tuple(m["not_assessed"] or ()),
+        shadow=bool(m["shadow"]),
+        model_priority=None if m["model_priority"] is None else Priority(m["model_priority"]),
     )
 
 
@@ -96,12 +116,20 @@ def _event_values(event: JobEvent) -> dict[str, Any]:
     }
 
 
+#: Called inside the transaction of every job transition, after the job row and its event are written (e.g. the
+#: retry planner of radtriage.app.retry), so that what it writes commits or fails with the transition.
+TransitionHook = Callable[["Connection", JobEvent], None]
+
+
 class SqlOrderStore:
     """With an `audit` log, every audited change writes its audit record in the same transaction as the change."""
 
-    def __init__(self, engine: Engine, *, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, audit: AuditLog | None = None, hooks: Sequence[TransitionHook] = ()
+    ) -> None:
         self.engine = engine
         self.audit = audit
+        self.hooks = tuple(hooks)
 
     # ------------------------------------------------------------------ orders
 
@@ -271,6 +299,8 @@ class SqlOrderStore:
             if updated.rowcount != 1:
                 raise TriageError(ErrorCode.CONFLICT, f"job is no longer {event.from_state.value}")
             conn.execute(insert(job_events).values(_event_values(event)))
+            for hook in self.hooks:
+                hook(conn, event)
             if result is not None:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id == result.job_id))
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))
@@ -317,6 +347,9 @@ class SqlOrderStore:
                 "model": f"{result.model.name} {result.model.version}",
                 "model-sha256": result.model.sha256,
                 "priority": result.priority.code,
+                # Shadow mode (issue 10): what the model would have set, kept for the compliance officer.
+                **({"shadow": "true", "model-priority": result.model_priority.code}
+                   if result.shadow and result.model_priority is not None else {}),
             }
             if result is not None
             else {}
@@ -359,6 +392,10 @@ class SqlOrderStore:
                 {"label": f.label, "probability": f.probability, "threshold": f.threshold} for f in result.findings
             ],
             "created_at": result.created_at,
+            "severity": result.severity,
+            "not_assessed": list(result.not_assessed),
+            "shadow": result.shadow,
+            "model_priority": None if result.model_priority is None else int(result.model_priority),
         }
 
     def get_result(self, job_id: str) -> TriageResult | None:
@@ -390,6 +427,7 @@ class SqlOrderStore:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[Job], int]:
+        """The worklist order: priority, then severity (most severe first; unscored last), then waiting time."""
         query = select(jobs)
         if states:
             query = query.where(jobs.c.state.in_([s.value for s in states]))
@@ -397,9 +435,8 @@ class SqlOrderStore:
             query = query.where(jobs.c.priority.in_([int(p) for p in priorities]))
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-            rows = conn.execute(
-                query.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).offset(offset).limit(limit)
-            ).all()
+            ordered = query.outerjoin(results, results.c.job_id == jobs.c.id).order_by(*worklist_order())
+            rows = conn.execute(ordered.offset(offset).limit(limit)).all()
         return [_job_from_row(r) for r in rows], total
 
     def list_results(

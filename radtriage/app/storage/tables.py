@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -65,8 +66,13 @@ jobs = Table(
     Column("retryable", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Automatic retries (radtriage.app.retry, migration 0009): when a job that failed for a retryable reason is
+    # tried next (NULL: not waiting), and the end of its retry window (NULL: no window open).
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("retry_until", DateTime(timezone=True)),
 )
 Index("ix_jobs_state", jobs.c.state)
+Index("ix_jobs_next_attempt_at", jobs.c.next_attempt_at)
 Index("ix_jobs_priority_created", jobs.c.priority, jobs.c.created_at)
 
 job_events = Table(
@@ -98,6 +104,12 @@ results = Table(
     # [{"label": ..., "probability": ..., "threshold": ...}, ...] in model label order
     Column("findings", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Issue 10 (migration 0006): severity (geographic extent 0-8, None without a severity output); the findings
+    # the policy names that the model cannot assess (a JSON list); shadow mode and what the model would have set.
+    Column("severity", Float),
+    Column("not_assessed", JSON, nullable=False, default=list),
+    Column("shadow", Boolean, nullable=False, default=False),
+    Column("model_priority", Integer),
 )
 
 # Heatmap overlays of a result's positive findings (PNG), written with the result; kept apart from `results` so
@@ -110,3 +122,31 @@ heatmaps = Table(
     Column("position", Integer, nullable=False),
     Column("png", LargeBinary, nullable=False),
 )
+
+# Site acceptance (issue 10): each `radtriage model validate-site` run, tied to the model's weights. Until one is
+# recorded for the active model, shadow_mode "auto" keeps the service in shadow mode.
+site_validations = Table(
+    "site_validations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_sha256", String(64), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_by", String(255), nullable=False),
+    Column("n", Integer, nullable=False),
+    # AUROC, sensitivity, specificity, ECE with 95% CIs, the recommended operating points, the sample's source
+    Column("metrics", JSON, nullable=False),
+)
+Index("ix_site_validations_model_sha256", site_validations.c.model_sha256)
+
+# Operators' explicit shadow-mode decisions (`radtriage model shadow on|off|auto --reason ...`), newest wins.
+shadow_overrides = Table(
+    "shadow_overrides",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_sha256", String(64), nullable=False),
+    Column("mode", String(8), nullable=False),  # on | off | auto (auto: back to the validation rule)
+    Column("reason", Text, nullable=False),
+    Column("recorded_by", String(255), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_shadow_overrides_model_sha256", shadow_overrides.c.model_sha256)

@@ -16,6 +16,8 @@
   var info = document.getElementById("image-info");
   var widthInput = document.getElementById("wl-width");
   var levelInput = document.getElementById("wl-level");
+  var widthNumber = document.getElementById("wl-width-number");
+  var levelNumber = document.getElementById("wl-level-number");
   var opacityInput = document.getElementById("overlay-opacity");
   var heatmapMessage = document.getElementById("heatmap-message");
 
@@ -60,6 +62,7 @@
   }
 
   function applyWindow() {
+    widthNumber.value = widthInput.value; levelNumber.value = levelInput.value;  // sliders and numbers agree
     if (!state.luminance) { return; }
     var width = Math.max(1, +widthInput.value), level = +levelInput.value;
     var low = level - width / 2, lut = new Uint8ClampedArray(256);
@@ -159,6 +162,19 @@
 
   widthInput.addEventListener("input", applyWindow);
   levelInput.addEventListener("input", applyWindow);
+  function fromNumber(number, slider, low) {
+    number.addEventListener("change", function () {
+      var value = Math.round(+number.value);
+      if (!isFinite(value)) { value = +slider.value; }
+      slider.value = Math.max(low, Math.min(255, value));
+      applyWindow();
+    });
+  }
+  fromNumber(widthNumber, widthInput, 1);
+  fromNumber(levelNumber, levelInput, 0);
+  document.querySelectorAll(".legend-swatch[data-colour]").forEach(function (swatch) {
+    swatch.style.background = "linear-gradient(90deg, transparent, " + swatch.dataset.colour + ")";
+  });
   if (opacityInput) { opacityInput.addEventListener("input", draw); }
   document.getElementById("zoom-in").addEventListener("click", function () { var c = centre(); zoomAt(1.25, c[0], c[1]); });
   document.getElementById("zoom-out").addEventListener("click", function () { var c = centre(); zoomAt(0.8, c[0], c[1]); });
