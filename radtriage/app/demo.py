@@ -164,19 +164,18 @@ def order_bundle(n: int, study: DemoStudy) -> dict[str, Any]:
 @contextmanager
 def running_service(settings: Settings) -> Iterator[str]:
     """The FHIR API under waitress on a free loopback port, with the worker running; yields the base URL."""
-    from waitress.server import create_server
+    from .http_server import create_http_server
 
     components = build_components(settings)
     app = create_app(components=components)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    server = create_http_server(app, settings, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.run, name="radtriage-http", daemon=True)
     components.start()
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}/fhir"
     finally:
-        server.task_dispatcher.shutdown()  # let in-flight requests finish before the sockets close
-        server.close()
+        server.stop()  # lets in-flight requests finish before the sockets close
         components.close()
 
 
