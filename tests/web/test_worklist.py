@@ -12,6 +12,7 @@ from radtriage.app.core.domain import FindingScore, Priority
 from radtriage.app.factory import Components
 from radtriage.web.reading import ReadingLog
 from radtriage.web.worklist_rows import finding_chips
+from tests.support.data import copy_as_new_study, pydicom_data_dir
 from tests.web.conftest import Archive, csrf_of, order, sign_in, wait_terminal
 from tests.web.test_pages import records, user_of
 
@@ -71,7 +72,8 @@ def test_claim_and_mark_read_are_audited_read_studies_are_hidden_or_greyed_and_c
     client: FlaskClient, components: Components, archive: Archive
 ) -> None:
     _o, job = order(components, archive.extremity, accession="R-1", patient="Patient/r-1")
-    _o, other = order(components, archive.extremity, accession="R-2")
+    second_study = copy_as_new_study(pydicom_data_dir() / "RG3_J2KI.dcm", archive.root)  # one live order per study
+    _o, other = order(components, second_study, accession="R-2")
     wait_terminal(components, job.id)
     wait_terminal(components, other.id)
     sign_in(client, "rad")
