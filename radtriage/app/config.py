@@ -58,7 +58,7 @@ class Settings:
     #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
     shadow_mode: str = "auto"
     #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
-    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    #: mode automatically, audited) as well. The fallback applies to shadow_mode "auto"; "off" still alerts.
     site_drift_action: str = "alert"
     #: "inline" (in-process worker threads) is the embedded default; "celery" publishes job ids to a broker
     #: (broker_url) for `radtriage worker` processes.
@@ -115,6 +115,9 @@ class Settings:
     drift_min_cases: int = 30
     #: Sensitivity ("any abnormality") below which an alert is raised; 0 = no floor.
     performance_floor_sensitivity: float = 0.0
+    #: File holding the bearer token (>= 32 characters) that metrics scrapers send to /metrics and
+    #: /monitoring/metrics.json; required there in production (radtriage.compliance.monitoring_access).
+    monitoring_token_file: str = ""
     #: URL that receives alerts as JSON (optional).
     alert_webhook: str = ""
     recalibration_target_sensitivity: float = 0.9

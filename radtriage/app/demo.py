@@ -46,12 +46,13 @@ def pydicom_data_dir() -> Path:
     return Path(data_store.__file__).parent / "data"
 
 
-def _copy_dicom(src: Path, folder: Path, **changes: str) -> str:
-    """Copy a DICOM file into the study folder, optionally changing header fields; returns its Study UID."""
+def _copy_dicom(src: Path, folder: Path, *, new_study: bool = False, **changes: str) -> str:
+    """Copy a DICOM file into the study folder, optionally as a new study (fresh UIDs) or with changed header
+    fields (always a new study); returns its Study UID."""
     from pydicom.uid import generate_uid
 
     ds = pydicom.dcmread(src)
-    if changes:
+    if changes or new_study:
         ds.StudyInstanceUID = generate_uid()
         ds.SeriesInstanceUID = generate_uid()
         ds.SOPInstanceUID = generate_uid()
@@ -68,7 +69,12 @@ def builtin_studies(folder: Path) -> list[DemoStudy]:
     chest = _copy_dicom(data / "RG1_J2KI.dcm", folder)
     return [
         DemoStudy("Adult chest CR, PA (JPEG 2000)", chest),
-        DemoStudy("Same chest, ordered STAT by the clinician", chest, priority="stat"),
+        # A second study of the same image: one study has one live order (a second order for it would be refused).
+        DemoStudy(
+            "Same chest image, another study ordered STAT",
+            _copy_dicom(data / "RG1_J2KI.dcm", folder, new_study=True),
+            priority="stat",
+        ),
         DemoStudy("Distal tibia CR (not a chest)", _copy_dicom(data / "RG3_J2KI.dcm", folder)),
         DemoStudy("Shoulder MR (not a radiograph)", _copy_dicom(data / "MR2_J2KI.dcm", folder)),
         DemoStudy(

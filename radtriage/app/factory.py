@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..compliance.monitoring_access import MonitoringAccess
     from ..dicom_results.outbox import DicomResultsSender
     from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
@@ -368,6 +369,19 @@ def build_cds_door(components: Components) -> Blueprint:
     )
 
 
+def monitoring_access(components: Components) -> MonitoringAccess:
+    """Tokens for /metrics and /monitoring/metrics.json: required in production and whenever the API needs them."""
+    from ..compliance.monitoring_access import MonitoringAccess
+
+    settings = components.settings
+    return MonitoringAccess.from_token_file(
+        settings.monitoring_token_file,
+        required=settings.mode == "production" or settings.auth_required,
+        access=components.access,
+        audit=components.audit.record,
+    )
+
+
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
     """The WSGI application: the FHIR door, the monitoring endpoints and the web pages on one set of components."""
     from flask import Flask
@@ -399,6 +413,6 @@ def create_app(settings: Settings | None = None, components: Components | None =
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(build_cds_door(components), url_prefix="/cds-services")
-    app.register_blueprint(monitoring_blueprint(monitoring))
+    app.register_blueprint(monitoring_blueprint(monitoring, monitoring_access(components)))
     app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app

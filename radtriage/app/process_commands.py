@@ -39,35 +39,38 @@ def _broker_settings(obj: dict[str, object], **overrides: object) -> Settings:
 
 
 def _logging(obj: dict[str, object]) -> None:
-    from ..compliance.phi import install_phi_filter
+    from ..compliance.phi import install_phi_filter, quiet_third_party_loggers
 
     logging.basicConfig(
         level=logging.DEBUG if obj["verbose"] else logging.INFO,
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
+    quiet_third_party_loggers()  # dicomweb-client and retrying log UIDs and URLs (issue 15)
     install_phi_filter()
 
 
 @click.command("api")
 @click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
 @click.option("--port", type=int, help="HTTP port (default from settings: 8080).")
-@click.option("--threads", type=int, default=8, show_default=True, help="waitress request threads.")
+@click.option("--threads", type=int, default=None, help="waitress request threads (default: http_threads, 8).")
 @click.pass_obj
-def api_command(obj: dict[str, object], host: str | None, port: int | None, threads: int) -> None:
+def api_command(obj: dict[str, object], host: str | None, port: int | None, threads: int | None) -> None:
     """Run the FHIR REST API and the web pages only; `radtriage worker` processes score (queue = "celery")."""
-    from waitress import serve as waitress_serve
-
     from .factory import build_components, create_app
+    from .http_server import create_http_server
 
     _logging(obj)
     settings = _broker_settings(obj, host=host, port=port)
     components = build_components(settings)
     app = create_app(components=components)
     components.start()
-    log.info("FHIR API on http://%s:%d/fhir (scoring by radtriage worker)", settings.host, settings.port)
+    # The HTTP limits of radtriage/app/http_server.py (slow clients, per-address connections; issue 15).
+    server = create_http_server(app, replace(settings, http_threads=threads) if threads else settings)
+    log.info("FHIR API on http://%s:%s/fhir (scoring by radtriage worker)", settings.host, server.effective_port)
     try:
-        waitress_serve(app, host=settings.host, port=settings.port, threads=threads)
+        server.run()
     finally:
+        server.stop()
         components.close()
 
 

@@ -1,15 +1,15 @@
 """A triage result as DICOM objects for the PACS, built with highdicom (whose constructors validate them).
 
-* **Structured Report, TID 1500 Measurement Report** (Comprehensive 3D SR; PS3.16 TID 1500), one per result.
-  The observer is the model, a device (TID 1004: its name, version and the first 16 hex digits of its sha256
-  as serial number). One measurement group (TID 1501) per finding the model assessed: finding type the
-  finding (SNOMED CT where one exists, else the local code), a measurement "Probability" in UCUM ``1`` and the
-  model's operating point, and a qualitative evaluation "Presence" (present at or above the operating point,
-  absent below). One group per finding the policy names but the model does **not assess**, whose evaluation
-  is "Not assessed" (never left out). One group for the study as a whole with the triage priority and, when the
-  model gives one, the predicted severity (geographic extent, 0-8). Every group names the scored image as its
-  source. The document is preliminary (Completion Flag PARTIAL, Verification Flag UNVERIFIED): a radiologist
-  reads the study.
+* **Structured Report, TID 1500 Measurement Report** (Comprehensive 3D SR; PS3.16 TID 1500), one per result. The
+  observer is the model, a device (TID 1004: its name, version and the first 16 hex digits of its sha256 as serial
+  number), and every group carries TID 4019 Algorithm Identification (name, version, full sha256). One measurement
+  group (TID 1501) per finding the model assessed: finding type the finding (SNOMED CT where one exists, else the
+  local code), a measurement "Probability" in UCUM ``1`` and the model's operating point, and a qualitative evaluation
+  "Presence" (present at or above the operating point, absent below). One group per finding the policy names but the
+  model does **not assess**, whose evaluation is "Not assessed" (never left out). One group for the study as a whole
+  with the triage priority and, when the model gives one, the predicted severity (geographic extent, 0-8). Every group
+  names the scored image as its source. The document is preliminary (Completion Flag PARTIAL, Verification Flag
+  UNVERIFIED): a radiologist reads the study.
 * **Secondary Capture**, one per heatmap (the PNG overlay the FHIR report links), RGB, with the patient and
   study of the source image and a Source Image Sequence naming it (derivation: where the model looked).
 
@@ -151,6 +151,13 @@ def _device(model: ModelIdentity) -> hd.sr.DeviceObserverIdentifyingAttributes:
     )
 
 
+def _algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification, as IHE AI Results asks for in each group: name, version, weights' hash."""
+    return hd.sr.AlgorithmIdentification(
+        name=model.name[:64], version=model.version[:64], parameters=[f"sha256={model.sha256}"]
+    )
+
+
 def _finding_concept(label: str) -> hd.sr.CodedConcept:
     if label in FINDING_SNOMED:
         code, meaning = FINDING_SNOMED[label]
@@ -180,6 +187,7 @@ def _finding_group(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid(result.job_id, f"finding-{n}"), identifier=f"{label} ({result.model.name})"[:64]
         ),
+        algorithm_id=_algorithm(result.model),
         finding_type=_finding_concept(label),
         measurements=list(measurements) or None,
         qualitative_evaluations=[evaluation],
@@ -200,6 +208,7 @@ def _study_group(
             uid=derived_uid(result.job_id, "study"), identifier="Triage of the study"
         ),
         finding_type=STUDY_FINDING,
+        algorithm_id=_algorithm(result.model),
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(PRIORITY, priority)],
         source_images=[image],

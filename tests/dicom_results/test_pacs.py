@@ -145,7 +145,10 @@ def test_results_reach_the_pacs_as_sr_and_secondary_capture(own_orthanc: Orthanc
     for tool, name in (("dsrdump", "sr.dcm"), ("dcmdump", "sr.dcm"), ("dcmdump", "sc.dcm")):
         run = dcmtk(tool, tmp_path / name)
         assert run.returncode == 0 and "E: " not in run.stderr, (tool, name, run.stderr)
-    assert "Imaging Measurement Report" in dcmtk("dsrdump", tmp_path / "sr.dcm").stdout
+    dump = dcmtk("dsrdump", tmp_path / "sr.dcm").stdout
+    assert "Imaging Measurement Report" in dump
+    # TID 4019 in every group (IHE AI Results): the model's version, once per measurement group.
+    assert dump.count(f'"Algorithm Version")="{result.model.version}"') == len(groups)
 
     sent, _ = components.audit.search(AuditFilter(kind="message-sent"))
     assert any(r.patient_ref == "Patient/pacs-1" for r in sent)

@@ -155,7 +155,16 @@ class SqlOrderStore:
         order_values["requested_priority"] = int(order.requested_priority)
         try:
             with self.engine.begin() as conn:
+                self._lock_study(conn, order.study_instance_uid)
                 conn.execute(insert(orders).values(order_values))
+                # After the insert: on SQLite this transaction now holds the write lock, so a concurrent order
+                # for the same study either sees this one or is seen by it (PostgreSQL: the advisory lock).
+                if self._other_orders_for_study(conn, order):
+                    raise TriageError(
+                        ErrorCode.CONFLICT,
+                        "the Study Instance UID already belongs to another order",
+                        location="study_instance_uid",
+                    )
                 conn.execute(
                     insert(jobs).values(
                         id=job.id,
@@ -184,6 +193,30 @@ class SqlOrderStore:
         stored_job = self.get_job(job.id)
         assert stored_job is not None
         return order, stored_job, True
+
+    # One live order per study (the core's rule, for every door): while an order's job is unfinished, another
+    # order for the same study from any door is refused; once it is completed, failed or cancelled, the study may
+    # be ordered again. Re-sending the same (source, source_key) is not "another" (it is idempotent).
+
+    @staticmethod
+    def _lock_study(conn: Connection, study_instance_uid: str) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(study_instance_uid))))
+
+    @staticmethod
+    def _other_orders_for_study(conn: Connection, order: ImagingOrder) -> bool:
+        query = (
+            select(orders.c.id)
+            .join(jobs, jobs.c.order_id == orders.c.id)
+            .where(
+                orders.c.study_instance_uid == order.study_instance_uid,
+                orders.c.id != order.id,
+                jobs.c.state.not_in([state.value for state in JobState if state.is_terminal]),
+                ~((orders.c.source == order.source) & (orders.c.source_key == order.source_key)),
+            )
+            .limit(1)
+        )
+        return conn.execute(query).first() is not None
 
     def get_order(self, order_id: str) -> ImagingOrder | None:
         with self.engine.connect() as conn:
