@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from hl7.client import MLLPClient
-from pydicom.uid import generate_uid
 
 from radtriage.app.config import Settings, load_settings
 from radtriage.app.core.domain import ImagingOrder, JobState, Priority
 from radtriage.app.factory import Components, build_components, create_app
 from radtriage.hl7.door import HL7Door, build_hl7_door
 from radtriage.hl7.outbox import OutboxStore
+from tests.app.studies import copies_of_rg1
 from tests.hl7.conftest import ack_code
 from tests.hl7.messages import orm
 from tests.hl7.ris import RisPeer
@@ -35,7 +34,6 @@ from tests.support.data import pydicom_data_dir
 from tests.support.postgres import PostgresCluster
 from tests.support.redis import RedisServer
 
-RG1_STUDY = "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 S = JobState
 RUNNING = (S.FETCHING, S.SELECTED, S.PREPROCESSED, S.SCORING, S.SCORED, S.PUBLISHING)
@@ -62,8 +60,9 @@ class Site:
     ris: RisPeer
     redis: RedisServer
     logs: Path
-    #: Study UIDs for HL7 orders, one each.
+    #: Study UIDs for HL7 and FHIR orders, one each (the store allows one live order per study).
     hl7_studies: list[str]
+    fhir_studies: list[str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def worker(self, name: str) -> subprocess.Popen[bytes]:
@@ -91,7 +90,7 @@ class Site:
             "resourceType": "ImagingStudy",
             "id": key,
             "status": "available",
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{RG1_STUDY}"}],
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{self.fhir_studies.pop()}"}],
             "subject": {"reference": f"Patient/{key}"},
         }
         client = create_app(components=self.components).test_client()
@@ -117,25 +116,13 @@ class Site:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.logs.glob("*.log")))
 
 
-def copies_of_rg1(folder: Path, count: int) -> list[str]:
-    """`count` more studies in `folder`: the RG1 chest radiograph under new UIDs (HL7 allows one order per study)."""
-    template = pydicom.dcmread(pydicom_data_dir() / "RG1_J2KI.dcm")
-    uids = []
-    for n in range(count):
-        template.StudyInstanceUID = generate_uid()
-        template.SeriesInstanceUID = generate_uid()
-        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        template.save_as(folder / f"copy-{n}.dcm", enforce_file_format=True)
-        uids.append(str(template.StudyInstanceUID))
-    return uids
-
-
 @pytest.fixture
 def site(postgres_cluster: PostgresCluster, redis_server: RedisServer, tmp_path: Path) -> Iterator[Site]:
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(pydicom_data_dir() / "RG1_J2KI.dcm", studies)
-    hl7_studies = copies_of_rg1(studies, 3)
+    hl7_studies = copies_of_rg1(studies, 4, "hl7")
+    fhir_studies = copies_of_rg1(studies, 8, "fhir")
     ris = RisPeer().start()
     settings = load_settings(
         env={},
@@ -158,7 +145,7 @@ def site(postgres_cluster: PostgresCluster, redis_server: RedisServer, tmp_path:
     door.start()
     logs = tmp_path / "logs"
     logs.mkdir()
-    built = Site(settings, components, door, ris, redis_server, logs, hl7_studies)
+    built = Site(settings, components, door, ris, redis_server, logs, hl7_studies, fhir_studies)
     try:
         yield built
     finally:
@@ -222,7 +209,7 @@ def test_orders_arriving_while_redis_is_down_are_accepted_stored_and_completed_a
 def test_a_stat_order_is_scored_before_routine_orders_queued_earlier(site: Site) -> None:
     routine = [site.post_fhir(f"burst-{n}") for n in range(5)]
     stat_order = ImagingOrder(
-        study_instance_uid=RG1_STUDY,
+        study_instance_uid=site.fhir_studies.pop(),
         patient_ref="Patient/stat-1",
         source="fhir",
         source_key="stat-1",
@@ -259,7 +246,7 @@ def test_two_worker_processes_on_one_postgresql_never_score_the_same_job_twice(
 ) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
-    shutil.copy(pydicom_data_dir() / "RG1_J2KI.dcm", studies)
+    uids = copies_of_rg1(studies, 6)
     settings = {
         "home": str(tmp_path),
         "database_url": postgres_cluster.new_database(),
@@ -269,7 +256,7 @@ def test_two_worker_processes_on_one_postgresql_never_score_the_same_job_twice(
     components = build_components(load_settings(env={}, **settings))  # the door side; its workers not started
     try:
         orders = [
-            ImagingOrder(study_instance_uid=RG1_STUDY, patient_ref=f"Patient/b{n}", source="fhir", source_key=f"b{n}")
+            ImagingOrder(study_instance_uid=uids[n], patient_ref=f"Patient/b{n}", source="fhir", source_key=f"b{n}")
             for n in range(6)
         ]
         job_ids = [components.service.submit_order(order)[1].id for order in orders]

@@ -14,6 +14,7 @@ from radtriage.app.core.domain import ImagingOrder, JobState, Priority
 from radtriage.app.core.pipeline import advance
 from radtriage.app.factory import Components, build_components
 from radtriage.compliance.audit_store import AuditFilter
+from tests.app.studies import copies_of_rg1
 from tests.support.data import pydicom_data_dir
 
 RG1_STUDY = "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
@@ -27,6 +28,7 @@ def components(database_url: str, tmp_path: Path):
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(pydicom_data_dir() / "RG1_J2KI.dcm", studies)
+    STUDIES[:] = copies_of_rg1(studies, 12)
     settings = load_settings(
         env={}, home=str(tmp_path), database_url=database_url, study_folder=str(studies), shadow_mode="off"
     )
@@ -35,9 +37,13 @@ def components(database_url: str, tmp_path: Path):
     built.close()
 
 
-def order(n: int, priority: Priority = Priority.ROUTINE) -> ImagingOrder:
+#: Study UIDs of the copies the fixture made (one live order per study: orders queued together need their own).
+STUDIES: list[str] = []
+
+
+def order(n: int, priority: Priority = Priority.ROUTINE, study: int | None = None) -> ImagingOrder:
     return ImagingOrder(
-        study_instance_uid=RG1_STUDY,
+        study_instance_uid=RG1_STUDY if study is None else STUDIES[study],
         patient_ref=f"Patient/fast-{n}",
         source="fhir",
         source_key=f"fast-{n}",
@@ -102,9 +108,9 @@ def test_heatmaps_are_made_after_the_task_completed(components, monkeypatch) -> 
 
 def test_a_stat_order_is_scored_before_routine_orders_queued_earlier(components) -> None:
     service = components.service
-    routine = [service.submit_order(order(10 + n))[1] for n in range(6)]
+    routine = [service.submit_order(order(10 + n, study=n))[1] for n in range(6)]
     components.start()  # the burst is waiting; a STAT order arrives after it
-    _, stat, _ = service.submit_order(order(99, Priority.STAT))
+    _, stat, _ = service.submit_order(order(99, Priority.STAT, study=6))
     assert components.queue.wait_idle(180)
 
     def scored_at(job_id: str):
@@ -117,8 +123,8 @@ def test_a_stat_order_is_scored_before_routine_orders_queued_earlier(components)
 
 def test_a_raised_priority_moves_a_queued_job_ahead(components) -> None:
     service = components.service
-    routine = [service.submit_order(order(20 + n))[1] for n in range(4)]
-    service.update_order(order(23, Priority.STAT))  # the last one queued, raised by an XO
+    routine = [service.submit_order(order(20 + n, study=n))[1] for n in range(4)]
+    service.update_order(order(23, Priority.STAT, study=3))  # the last one queued, raised by an XO
     components.start()
     assert components.queue.wait_idle(180)
     scored = sorted(routine, key=lambda j: next(e.at for e in components.store.events(j.id) if e.to_state is S.SCORED))
