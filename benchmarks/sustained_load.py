@@ -2,12 +2,13 @@
 
     .venv/bin/python -m benchmarks.sustained_load [--rate 10] [--duration 30] [--workers 1] [--drain 300]
 
-Starts Orthanc on loopback, stores rate x duration distinct chest studies (copies of pydicom-data RG1_J2KI.dcm
-with new UIDs), starts the service (waitress + the inline queue + the default model, SQLite), posts one
-ImagingStudy every 1/rate seconds for `duration` seconds, then waits at most `drain` seconds for the queue to
-empty. Prints POST latency (p50, p99), scoring throughput, the deepest queue seen, and time from POST to a
-completed Task (p50, p95), read from the database. Bounded in count and time; absolute figures depend on the
-machine and on what else runs on it: say which when reporting them.
+Starts Orthanc on loopback, stores rate x duration distinct chest studies (the NIH PNGs of ../shared wrapped
+into DICOM when present, at most as many as there are; else copies of pydicom-data RG1_J2KI.dcm), starts the
+service (waitress + the inline queue + the default model, SQLite), posts one ImagingStudy every 1/rate seconds
+until they are all sent, then waits at most `drain` seconds for the queue to empty. Prints POST latency (p50,
+p99), scoring throughput, the deepest queue seen, and time from POST to a completed Task (p50, p95), read from
+the database. Bounded in count and time; absolute figures depend on the machine and on what else runs on it:
+say which when reporting them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
         uids = [study_uid(data) for data in studies]
         for data in studies:
             orthanc.upload(data)
+        count = len(uids)  # fewer than asked when the image folder has fewer
         print(f"{count} studies in Orthanc: {what}")
         database = f"sqlite:///{home / 'radtriage.sqlite3'}"
         settings = load_settings(
