@@ -96,6 +96,8 @@ def _check_production(settings: object, sources: dict[str, str]) -> None:
     from .compliance.auth import InsecureConfiguration, check_production_secrets
     from .web.settings import WebSettings
 
+    if str(getattr(settings, "mode", "")).lower() != "production":
+        return
     problems = []
     for check in (check_production_secrets, lambda s: WebSettings.from_settings(s).checked_secret()):
         try:
@@ -121,9 +123,8 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     "production") needs auth_required, auth_issuer, auth_signing_key, auth_clients, web_users and a
     web_secret_key of at least 32 characters.
     """
-    from waitress import serve as waitress_serve
-
     from .app.factory import build_components, create_app
+    from .app.http_server import create_http_server
     from .compliance.phi import install_phi_filter
     from .hl7.door import build_hl7_door
 
@@ -136,10 +137,13 @@ def serve(obj: dict[str, object], host: str | None, port: int | None) -> None:
     components.start()
     hl7_door = build_hl7_door(components, settings)
     hl7_door.start()
-    logging.getLogger("radtriage").info("FHIR API on http://%s:%d/fhir", settings.host, settings.port)
+    # Bound before the log line, so a port in use fails the start; limits: radtriage/app/http_server.py.
+    server = create_http_server(app, settings)
+    logging.getLogger("radtriage").info("FHIR API on http://%s:%d/fhir", settings.host, int(server.effective_port))
     try:
-        waitress_serve(app, host=settings.host, port=settings.port, threads=8)
+        server.run()
     finally:
+        server.stop()
         hl7_door.stop()
         components.close()
 
@@ -204,6 +208,7 @@ def retention(obj: dict[str, object], dry_run: bool) -> None:
 
 def _register_command_groups() -> None:
     from .app.job_commands import jobs_group
+    from .app.process_commands import api_command, worker_command
     from .compliance.cli_commands import audit_group
     from .model.cli_commands import label_command, model_group, score_command
     from .model.site_cli import shadow_command, validate_site_command
@@ -214,16 +219,20 @@ def _register_command_groups() -> None:
     model_group.add_command(validate_site_command)
     for command in (audit_group, model_group, label_command, score_command, monitor_group, users_group, jobs_group):
         main.add_command(command)
+    for command in (api_command, worker_command):  # the scaled-out processes (radtriage/app/process_commands.py)
+        main.add_command(command)
     _register_operator_commands()
 
 
 def _register_operator_commands() -> None:
     """Issue 14's commands for administrators: SMART clients, the settings (users are registered above)."""
     from .app.config_commands import config_group
+    from .app.importer import import_command
     from .compliance.client_commands import clients_group
 
     main.add_command(clients_group)
     main.add_command(config_group)
+    main.add_command(import_command)
 
 
 _register_command_groups()

@@ -11,12 +11,15 @@ want_dev=0
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if [ "$want_dev" = 1 ]; then
+# RADTRIAGE_BOOTSTRAP_SYSTEM=skip leaves Debian packages alone (images that provide them another way).
+if [ "$want_dev" = 1 ] && [ "${RADTRIAGE_BOOTSTRAP_SYSTEM:-}" != skip ]; then
   missing=()
   command -v Orthanc >/dev/null || missing+=(orthanc)
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v storescu >/dev/null || missing+=(dcmtk)
+  # The Celery broker for the scale-out drills (tests/support/redis.py, tests/app/test_drills.py).
+  command -v redis-server >/dev/null || missing+=(redis-server)
   # Headless browser for the web pages' end-to-end tests (tests/web/test_browser.py).
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
@@ -28,17 +31,24 @@ if [ "$want_dev" = 1 ]; then
   fi
 fi
 
+# One install record for both scripts (demo.sh installs the runtime, test.sh the dev set, a superset of it):
+# ".venv/.installed" holds the digest of the requirement files and which set was installed for it. A runtime
+# run after a dev install with the same digest installs nothing; so does a dev run after a dev install.
 reqs=requirements.txt
-[ "$want_dev" = 1 ] && reqs=requirements-dev.txt
-stamp=".venv/.stamp-$(basename "$reqs" .txt)"
+wanted=runtime
+if [ "$want_dev" = 1 ]; then reqs=requirements-dev.txt; wanted=dev; fi
+record=.venv/.installed
 digest=$(cat requirements.txt requirements-dev.txt setup.py | sha256sum | cut -d' ' -f1)
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
-  echo "bootstrap: installing Python packages from $reqs (the first time takes several minutes: torch is large)"
-  .venv/bin/pip install -q --disable-pip-version-check -r "$reqs"
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-  echo "$digest" > "$stamp"
+read -r have_digest have_set 2>/dev/null < "$record" || true
+if [ "${have_digest:-}" = "$digest" ] && { [ "${have_set:-}" = dev ] || [ "$wanted" = runtime ]; }; then
+  exit 0  # installed already: the same requirements, and this set or a larger one
 fi
+echo "bootstrap: installing Python packages from $reqs (the first time takes several minutes: torch is large)"
+.venv/bin/pip install -q --disable-pip-version-check -r "$reqs"
+.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+echo "$digest $wanted" > "$record"
+rm -f .venv/.stamp-requirements .venv/.stamp-requirements-dev  # the per-script records this one replaces

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.orthanc",
     "tests.support.data",
     "tests.support.postgres",
+    "tests.support.redis",
 ]

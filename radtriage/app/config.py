@@ -58,13 +58,35 @@ class Settings:
     #: active model (`radtriage model validate-site`). Tests that assert a raised priority set "off" explicitly.
     shadow_mode: str = "auto"
     #: When the site's recent scores drift from its validation: "alert" only, or "shadow" (fall back to shadow
-    #: mode automatically, audited) as well. Applies to shadow_mode "auto".
+    #: mode automatically, audited) as well. The fallback applies to shadow_mode "auto"; "off" still alerts.
     site_drift_action: str = "alert"
-    #: "inline" (in-process worker threads) is the embedded default.
+    #: "inline" (in-process worker threads) is the embedded default; "celery" publishes job ids to a broker
+    #: (broker_url) for `radtriage worker` processes.
     queue: str = "inline"
+    #: Celery broker, e.g. redis://127.0.0.1:6379/0 (queue = "celery").
+    broker_url: str = ""
+    #: Seconds after which Redis gives an unacknowledged message (its worker vanished) to another worker.
+    broker_visibility_timeout: float = 3600.0
+    #: Seconds between two rounds of the broker sweeper (radtriage.app.sweeper) in each worker process.
+    sweep_interval: float = 5.0
     workers: int = 1
+    #: Seconds a queued job waits before it is served one priority level up (ageing; 0 = never).
+    queue_max_wait: float = 300.0
+    #: Seconds after which a job left running by a worker that died may be taken over by another worker.
+    job_lease: float = 300.0
     host: str = "127.0.0.1"
     port: int = 8080
+    #: HTTP server limits (radtriage.app.http_server; docs/operations.md): worker threads, open connections in
+    #: all and per client address (0: no per-address limit, e.g. behind a reverse proxy), seconds to receive the
+    #: request headers and the whole request from its first byte, seconds a kept-alive connection may stay idle,
+    #: and the largest request header block in bytes.
+    http_threads: int = 8
+    http_connection_limit: int = 256
+    http_connections_per_address: int = 32
+    http_header_timeout: float = 10.0
+    http_request_timeout: float = 60.0
+    http_channel_timeout: int = 60
+    http_max_header_bytes: int = 65536
     #: Public base URL used in FHIR Bundle links; derived from the request when empty.
     base_url: str = ""
     home: str = field(default_factory=lambda: str(default_home()))
@@ -93,11 +115,14 @@ class Settings:
     drift_min_cases: int = 30
     #: Sensitivity ("any abnormality") below which an alert is raised; 0 = no floor.
     performance_floor_sensitivity: float = 0.0
+    #: File holding the bearer token (>= 32 characters) that metrics scrapers send to /metrics and
+    #: /monitoring/metrics.json; required there in production (radtriage.compliance.monitoring_access).
+    monitoring_token_file: str = ""
     #: URL that receives alerts as JSON (optional).
     alert_webhook: str = ""
     recalibration_target_sensitivity: float = 0.9
     # --- Web pages (radtriage.web; docs/web.md) ---
-    #: Users file (JSON; scrypt hashes; `python -m radtriage.web.users add`) and the session signing secret.
+    #: Users file (JSON; scrypt hashes; `radtriage users add`) and the session signing secret.
     web_users: str = ""
     web_secret_key: str = ""
     web_session_idle_minutes: int = 30
@@ -114,6 +139,12 @@ class Settings:
     mllp_idle_timeout: float = 300.0
     mllp_read_timeout: float = 30.0
     mllp_max_connections: int = 64
+    #: Seconds a new MLLP connection may take to send its first byte; connections one peer address may hold; peer
+    #: addresses or networks (e.g. the RIS) for which `mllp_reserved_connections` slots are kept free of others.
+    mllp_first_byte_timeout: float = 10.0
+    mllp_max_connections_per_peer: int = 8
+    mllp_reserved_peers: str = ""
+    mllp_reserved_connections: int = 8
     #: Peer addresses or networks allowed to connect, comma-separated ("10.1.0.0/16,192.0.2.7"); empty: any.
     mllp_allowed_peers: str = ""
     #: TLS for the listener (PEM files); with a client CA, clients must present a certificate it signed.
@@ -155,6 +186,14 @@ class Settings:
     cds_clients: str = ""
     #: Days within which a patient's triage results count as recent (patient-view cards, order-sign suggestion).
     cds_lookback_days: int = 30
+    # --- Results into the PACS (radtriage.dicom_results; docs/dicom-results.md) ---
+    #: Store each result as a DICOM SR (TID 1500) and its heatmaps as Secondary Captures by STOW-RS.
+    dicom_results: bool = False
+    #: The DICOMweb base URL for STOW-RS; empty: dicomweb_url (with dicomweb_username/password).
+    dicom_results_url: str = ""
+    #: Seconds before a failed STOW-RS is tried again, doubling up to the maximum.
+    dicom_results_retry_base: float = 10.0
+    dicom_results_retry_max: float = 600.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -191,11 +230,24 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mllp_max_message_bytes": (lambda v: v >= 1, "a whole number of at least 1"),
     "auth_token_lifetime": (lambda v: 1 <= v <= 86400, "seconds, from 1 to 86400"),
     "cds_lookback_days": (lambda v: 1 <= v <= 3650, "days, from 1 to 3650"),
+    "dicom_results_retry_base": (lambda v: 0.01 <= v <= 3600, "seconds, from 0.01 to 3600"),
+    "dicom_results_retry_max": (lambda v: 0.01 <= v <= 86400, "seconds, from 0.01 to 86400"),
     "retention_days": (lambda v: v >= 0, "a whole number of days, 0 for keep forever"),
     "web_session_idle_minutes": (lambda v: v >= 1, "a whole number of at least 1"),
     "web_session_max_hours": (lambda v: v >= 1, "a whole number of at least 1"),
     "min_image_side_px": (lambda v: v >= 1, "a whole number of at least 1"),
     "drift_min_cases": (lambda v: v >= 1, "a whole number of at least 1"),
+    "mllp_first_byte_timeout": (lambda v: v > 0, _POSITIVE),
+    "mllp_max_connections_per_peer": (lambda v: v >= 0, "a whole number, 0 for no per-peer limit"),
+    "mllp_reserved_connections": (lambda v: v >= 0, "a whole number, at least 0"),
+    # HTTP server limits (issue 15; radtriage.app.http_server)
+    "http_threads": (lambda v: v >= 1, "a whole number of at least 1"),
+    "http_connection_limit": (lambda v: v >= 1, "a whole number of at least 1"),
+    "http_connections_per_address": (lambda v: v >= 0, "a whole number, 0 for no per-address limit"),
+    "http_header_timeout": (lambda v: v > 0, _POSITIVE),
+    "http_request_timeout": (lambda v: v > 0, _POSITIVE),
+    "http_channel_timeout": (lambda v: v >= 1, "a whole number of seconds, at least 1"),
+    "http_max_header_bytes": (lambda v: v >= 1024, "a whole number of bytes, at least 1024"),
     # Automatic retries and the PACS circuit breaker (issue 15; radtriage.app.retry, imaging.dicomweb_source)
     "retry_base_delay": (lambda v: v > 0, _POSITIVE),
     "retry_max_delay": (lambda v: v > 0, _POSITIVE),

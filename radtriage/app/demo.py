@@ -46,12 +46,13 @@ def pydicom_data_dir() -> Path:
     return Path(data_store.__file__).parent / "data"
 
 
-def _copy_dicom(src: Path, folder: Path, **changes: str) -> str:
-    """Copy a DICOM file into the study folder, optionally changing header fields; returns its Study UID."""
+def _copy_dicom(src: Path, folder: Path, *, new_study: bool = False, **changes: str) -> str:
+    """Copy a DICOM file into the study folder, optionally as a new study (fresh UIDs) or with changed header
+    fields (always a new study); returns its Study UID."""
     from pydicom.uid import generate_uid
 
     ds = pydicom.dcmread(src)
-    if changes:
+    if changes or new_study:
         ds.StudyInstanceUID = generate_uid()
         ds.SeriesInstanceUID = generate_uid()
         ds.SOPInstanceUID = generate_uid()
@@ -68,7 +69,12 @@ def builtin_studies(folder: Path) -> list[DemoStudy]:
     chest = _copy_dicom(data / "RG1_J2KI.dcm", folder)
     return [
         DemoStudy("Adult chest CR, PA (JPEG 2000)", chest),
-        DemoStudy("Same chest, ordered STAT by the clinician", chest, priority="stat"),
+        # A second study of the same image: one study has one live order (a second order for it would be refused).
+        DemoStudy(
+            "Same chest image, another study ordered STAT",
+            _copy_dicom(data / "RG1_J2KI.dcm", folder, new_study=True),
+            priority="stat",
+        ),
         DemoStudy("Distal tibia CR (not a chest)", _copy_dicom(data / "RG3_J2KI.dcm", folder)),
         DemoStudy("Shoulder MR (not a radiograph)", _copy_dicom(data / "MR2_J2KI.dcm", folder)),
         DemoStudy(
@@ -158,19 +164,18 @@ def order_bundle(n: int, study: DemoStudy) -> dict[str, Any]:
 @contextmanager
 def running_service(settings: Settings) -> Iterator[str]:
     """The FHIR API under waitress on a free loopback port, with the worker running; yields the base URL."""
-    from waitress.server import create_server
+    from .http_server import create_http_server
 
     components = build_components(settings)
     app = create_app(components=components)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    server = create_http_server(app, settings, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.run, name="radtriage-http", daemon=True)
     components.start()
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}/fhir"
     finally:
-        server.task_dispatcher.shutdown()  # let in-flight requests finish before the sockets close
-        server.close()
+        server.stop()  # lets in-flight requests finish before the sockets close
         components.close()
 
 

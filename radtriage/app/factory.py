@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 
     from ..compliance.audit_store import AuditLog
     from ..compliance.auth import AccessControl
+    from ..compliance.monitoring_access import MonitoringAccess
+    from ..dicom_results.outbox import DicomResultsSender
     from ..monitoring.site_gate import SiteGate
     from ..monitoring.wiring import Monitoring
+    from .celery_queue import CeleryJobQueue
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ class Components:
     settings: Settings
     engine: Engine
     store: SqlOrderStore
-    queue: InlineJobQueue
+    #: The in-process queue (embedded default), or the Celery publisher (queue = "celery").
+    queue: InlineJobQueue | CeleryJobQueue
     service: TriageService
     audit: AuditLog
     access: AccessControl | None = None
@@ -42,6 +46,8 @@ class Components:
     retries: RetryScheduler | None = None
     #: Shadow mode: whether the model's priorities are acted on (issue 10; `radtriage.monitoring.site_gate`).
     gate: SiteGate | None = None
+    #: Results into the PACS as DICOM SR + Secondary Capture by STOW-RS (setting `dicom_results`; issue 13).
+    dicom_results: DicomResultsSender | None = None
 
     def start(self) -> None:
         """Start the workers and re-queue what a previous process left unfinished."""
@@ -49,6 +55,10 @@ class Components:
 
         self.audit.record(AuditRecord(APPLICATION_START))
         self.queue.start()
+        if not isinstance(self.queue, InlineJobQueue):
+            # With a broker this process only takes orders (radtriage api / mllp): no model, and the worker
+            # processes recover unfinished jobs (sweeper, by lease) and run the automatic retries.
+            return
         self._warn_findings_not_assessed()
         self._announce_shadow_mode()
         resumed = self.service.resume_unfinished()
@@ -56,6 +66,8 @@ class Components:
             log.info("re-queued %d unfinished job(s)", resumed)
         if self.retries is not None:
             self.retries.start()
+        if self.dicom_results is not None:
+            self.dicom_results.start()
 
     def _warn_findings_not_assessed(self) -> None:
         """Say loudly, in the log and the audit trail, when the policy has a rule the model can never fire.
@@ -111,7 +123,10 @@ class Components:
 
         if self.retries is not None:
             self.retries.stop()
+        if self.dicom_results is not None:
+            self.dicom_results.stop()
         self.queue.stop()
+        self.audit.flush()
         self.audit.record(AuditRecord(APPLICATION_STOP))
         self.engine.dispose()
 
@@ -205,6 +220,18 @@ def build_access_control(settings: Settings, engine: Engine, audit: AuditLog) ->
     )
 
 
+def build_job_queue(settings: Settings, store: SqlOrderStore) -> InlineJobQueue | CeleryJobQueue:
+    if settings.queue == "inline":
+        return InlineJobQueue(settings.workers, max_wait_s=settings.queue_max_wait)
+    if settings.queue == "celery":
+        from .celery_queue import CeleryJobQueue, celery_app, unqueued_marker
+
+        if not settings.broker_url:
+            raise ValueError("queue is celery but broker_url is not set (e.g. redis://127.0.0.1:6379/0)")
+        return CeleryJobQueue(celery_app(settings), on_unqueued=unqueued_marker(store))
+    raise ValueError(f"unknown queue {settings.queue!r} (inline or celery)")
+
+
 def build_site_gate(settings: Settings, engine: Engine, audit: AuditLog) -> SiteGate:
     """Shadow mode as the settings say (`radtriage.monitoring.site_gate`)."""
     from ..monitoring.drift import AlertSink
@@ -243,7 +270,7 @@ def build_components(
     clock = SystemClock()
     retry_planner = RetryPlanner(engine, retry_policy(settings), clock, audit)
     store = SqlOrderStore(engine, audit=audit, hooks=[retry_planner])
-    queue = InlineJobQueue(settings.workers)
+    queue = build_job_queue(settings, store)
     gate = build_site_gate(settings, engine, audit)
     service = TriageService(
         store=store,
@@ -255,8 +282,9 @@ def build_components(
         scorer=monitored_scorer_factory(scorer_factory or model_scorer_factory(settings), engine),
         clock=clock,
         shadow=gate,
+        lease_s=settings.job_lease,
     )
-    queue.bind(service.run_job)
+    queue.bind(service.run_job, service.explain_job)
     components = Components(
         settings,
         engine,
@@ -267,9 +295,36 @@ def build_components(
         build_access_control(settings, engine, audit),
         retries=RetryScheduler(retry_planner, service, interval=settings.retry_poll_interval),
         gate=gate,
+        dicom_results=build_dicom_results(settings, engine, service, audit),
     )
     install_monitoring(components)  # drafts and annotations on each scored result; sets components.monitoring
     return components
+
+
+def build_dicom_results(
+    settings: Settings, engine: Engine, service: TriageService, audit: AuditLog
+) -> DicomResultsSender | None:
+    """With `dicom_results` on: the outbox (fed by completed jobs' events) and its STOW-RS sender."""
+    if not settings.dicom_results:
+        return None
+    from ..dicom_results.outbox import DicomResultsOutbox, DicomResultsSender, StowClient
+
+    url = settings.dicom_results_url or settings.dicomweb_url
+    if not url:
+        raise ValueError("dicom_results is on but neither dicom_results_url nor dicomweb_url is set")
+    credentials = (settings.dicomweb_username, settings.dicomweb_password) if settings.dicomweb_username else None
+    outbox = DicomResultsOutbox(engine)
+    sender = DicomResultsSender(
+        outbox,
+        service,
+        StowClient(url, auth=credentials, timeout=settings.dicomweb_timeout),
+        record_audit=audit.record,
+        retry_base=settings.dicom_results_retry_base,
+        retry_max=settings.dicom_results_retry_max,
+    )
+    outbox.on_added = sender.wake
+    service.listeners.append(outbox.on_event)  # one row per completed job; sending happens on the sender's thread
+    return sender
 
 
 def related_interfaces(settings: Settings) -> list[str]:
@@ -278,7 +333,14 @@ def related_interfaces(settings: Settings) -> list[str]:
     return [
         f"CDS Hooks 2.0 services (patient-view, order-sign) are discovered at {base}/cds-services; calls carry "
         "the EHR's signed JWT (docs/cds-hooks.md)."
-    ]
+    ] + (
+        [
+            "Each result is also stored in the PACS as a DICOM SR (TID 1500) with its heatmaps as Secondary "
+            "Captures, by STOW-RS (docs/dicom-results.md)."
+        ]
+        if settings.dicom_results
+        else []
+    )
 
 
 def build_cds_door(components: Components) -> Blueprint:
@@ -304,6 +366,19 @@ def build_cds_door(components: Components) -> Blueprint:
         lookback_days=settings.cds_lookback_days,
         base_url=settings.base_url.rstrip("/") or None,
         fetch_patient=fetch_patient,
+    )
+
+
+def monitoring_access(components: Components) -> MonitoringAccess:
+    """Tokens for /metrics and /monitoring/metrics.json: required in production and whenever the API needs them."""
+    from ..compliance.monitoring_access import MonitoringAccess
+
+    settings = components.settings
+    return MonitoringAccess.from_token_file(
+        settings.monitoring_token_file,
+        required=settings.mode == "production" or settings.auth_required,
+        access=components.access,
+        audit=components.audit.record,
     )
 
 
@@ -338,6 +413,6 @@ def create_app(settings: Settings | None = None, components: Components | None =
     )
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(build_cds_door(components), url_prefix="/cds-services")
-    app.register_blueprint(monitoring_blueprint(monitoring))
+    app.register_blueprint(monitoring_blueprint(monitoring, monitoring_access(components)))
     app.register_blueprint(web_blueprint(components, draft_report=monitoring.drafts))
     return app

@@ -327,12 +327,12 @@ def _remember(
     recent: Sequence[c.ScoredStudy],
 ) -> None:
     """Keep each card's id, so feedback can be tied to the patient and the result it was about."""
-    by_link = {s.result.job_id: s.result.job_id for s in recent}
+    job_ids = {s.result.job_id for s in recent}
     now = datetime.now(UTC)
     kept = []
     for card in issued:
-        links = " ".join(str(link.get("url", "")) for link in card.get("links", []))
-        job_id = next((j for j in by_link if f"/studies/{j}" in links), None)
+        linked = {str(link.get("url", "")).rsplit("/", 1)[-1] for link in card.get("links", [])}
+        job_id = next(iter(linked & job_ids), None)
         kept.append(
             IssuedCard(card["uuid"], service_id, hook_instance, who.issuer if who else "", patient_ref, job_id, now)
         )

@@ -7,7 +7,8 @@
 * ``radtriage-cxr-order-sign`` on ``order-sign``: for each chest radiograph among ``draftOrders``, an info card
   saying that the study will be triaged by AI; and when a recent AI result for the same patient was urgent or
   more while the draft asks for less, a warning card with a suggestion (an ``update`` action) to raise the draft's
-  priority. Never a suggestion to lower one.
+  priority. Never a suggestion to lower one, and none from a result in shadow mode (its priority is the order's
+  own: the model's was recorded, not acted on).
 
 Every card's ``source.label`` says the content is AI-generated, and ``source.topic`` is the HL7 AIAST code
 (Artificial Intelligence asserted), the same label the FHIR resources carry.
@@ -130,6 +131,9 @@ def _result_detail(study: ScoredStudy) -> str:
     when = result.created_at.strftime("%Y-%m-%d %H:%M UTC") if result.created_at else "unknown time"
     reason = f" ({result.priority_reason})" if result.priority_reason else ""
     lines.append(f"**Priority:** {result.priority.code}{reason}  ")
+    if result.shadow:
+        would = result.model_priority.code if result.model_priority else "unknown"
+        lines.append(f"*Shadow mode: the model's priority ({would}) was recorded, not acted on.*  ")
     lines.append(f"**Scored:** {when}, accession {study.order.accession_number or 'not given'}  ")
     if result.severity is not None:
         lines.append(f"**Predicted severity** (geographic extent, 0 to 8): {result.severity:.1f}  ")

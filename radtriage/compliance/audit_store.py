@@ -18,9 +18,11 @@ head: for that, keep the head hash of each export (`radtriage.compliance.export`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -169,7 +171,6 @@ def _db_time(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-
 def _parse_instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
@@ -237,6 +238,15 @@ def append(connection: Connection, record: AuditRecord, *, source: AuditSource |
 
     The head row stays locked until that transaction ends: keep audited transactions short.
     """
+    return append_many(connection, (record,), source=source)[0]
+
+
+def append_many(
+    connection: Connection, records: Sequence[AuditRecord], *, source: AuditSource | None = None
+) -> list[StoredAuditEvent]:
+    """`append` for several records in order: the head is locked and moved once, the rows inserted in one go."""
+    if not records:
+        return []
     source = source or _default_source()
     locked = connection.execute(
         update(audit_chain_head).where(audit_chain_head.c.id == HEAD_ROW_ID).values(last_id=audit_chain_head.c.last_id)
@@ -246,40 +256,54 @@ def append(connection: Connection, record: AuditRecord, *, source: AuditSource |
     head = connection.execute(
         select(audit_chain_head.c.last_id, audit_chain_head.c.last_hash).where(audit_chain_head.c.id == HEAD_ROW_ID)
     ).one()
-    sequence = head.last_id + 1
-    resource = audit_event_json(record, resource_id=str(sequence), source=source)
-    text = canonical_json(resource)
-    digest = content_sha256(text)
-    row_hash = chain_hash(sequence, head.last_hash, digest)
-    values = indexed_values(resource)
-    connection.execute(
-        insert(audit_events).values(
-            id=sequence,
-            resource=text,
-            content_sha256=digest,
-            prev_hash=head.last_hash,
-            hash=row_hash,
-            **{**values, "recorded": _db_time(values["recorded"])},
+    stored: list[StoredAuditEvent] = []
+    rows: list[dict[str, Any]] = []
+    prev_hash = head.last_hash
+    for sequence, record in enumerate(records, start=head.last_id + 1):
+        resource = audit_event_json(record, resource_id=str(sequence), source=source)
+        text = canonical_json(resource)
+        digest = content_sha256(text)
+        row_hash = chain_hash(sequence, prev_hash, digest)
+        values = indexed_values(resource)
+        rows.append(
+            {
+                "id": sequence,
+                "resource": text,
+                "content_sha256": digest,
+                "prev_hash": prev_hash,
+                "hash": row_hash,
+                **values,
+                "recorded": _db_time(values["recorded"]),
+            }
         )
-    )
-    connection.execute(
-        update(audit_chain_head)
-        .where(audit_chain_head.c.id == HEAD_ROW_ID, audit_chain_head.c.last_id == head.last_id)
-        .values(last_id=sequence, last_hash=row_hash)
-    )
-    return StoredAuditEvent(
-        id=sequence,
-        recorded=values["recorded"],
-        kind=values["kind"],
-        action=values["action"],
-        outcome=values["outcome"],
-        client_id=values["client_id"],
-        patient_ref=values["patient_ref"],
-        resource_text=text,
-        content_sha256=digest,
-        prev_hash=head.last_hash,
-        hash=row_hash,
-    )
+        stored.append(
+            StoredAuditEvent(
+                id=sequence,
+                recorded=values["recorded"],
+                kind=values["kind"],
+                action=values["action"],
+                outcome=values["outcome"],
+                client_id=values["client_id"],
+                patient_ref=values["patient_ref"],
+                resource_text=text,
+                content_sha256=digest,
+                prev_hash=prev_hash,
+                hash=row_hash,
+            )
+        )
+        prev_hash = row_hash
+    # The database lets the head advance one record at a time (migration 0003), so it moves once per row; the
+    # lock and the read of the head are shared.
+    previous_id = head.last_id
+    for row in rows:
+        connection.execute(insert(audit_events).values(row))
+        connection.execute(
+            update(audit_chain_head)
+            .where(audit_chain_head.c.id == HEAD_ROW_ID, audit_chain_head.c.last_id == previous_id)
+            .values(last_id=row["id"], last_hash=row["hash"])
+        )
+        previous_id = row["id"]
+    return stored
 
 
 _SOURCE: AuditSource | None = None
@@ -381,20 +405,116 @@ def verify(engine: Engine, *, batch_size: int = 1000) -> VerifyResult:
         return verify_chain(connection, batch_size=batch_size)
 
 
+class RepeatedReads:
+    """One audit record per client, resource and minute for repeated identical reads (a client polling a Task).
+
+    The first read in a window is recorded at once, as any read. Identical reads after it in the same window (same
+    kind, outcome, who, from where, what, whose) are only counted; when the window has closed, one more record says
+    how many there were (``details.repeated``, with the window's start and length). So every read is still in the
+    verifiable chain, at a cost of at most two chained appends per client, resource and window instead of one per
+    poll. Counts of a window still open live in this process: they are written by `flush` (the application calls
+    it when it stops) and lost only if the process dies within that window.
+    """
+
+    def __init__(self, log: AuditLog, *, window_s: float = 60.0, max_open: int = 10_000) -> None:
+        self.log = log
+        self.window_s = window_s
+        self.max_open = max_open
+        self._open: dict[tuple[Any, ...], tuple[int, AuditRecord, list[int]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(record: AuditRecord) -> tuple[Any, ...]:
+        return (
+            record.kind.code,
+            int(record.outcome),
+            record.outcome_description,
+            record.interaction,
+            record.client_id,
+            record.user_id,
+            record.role,
+            record.token_id,
+            record.peer_address,
+            record.purpose_of_use,
+            record.entities,
+            record.patient_ref,
+            tuple(sorted(record.details.items())),
+        )
+
+    def record(self, record: AuditRecord) -> StoredAuditEvent | None:
+        """Record `record`, or count it as a repeat of one recorded in this window (then None)."""
+        assert record.recorded is not None
+        window = int(record.recorded.timestamp() // self.window_s)
+        key = self._key(record)
+        with self._lock:
+            closed = self._take_closed(window)
+            opened = self._open.get(key)
+            repeat = opened is not None and opened[0] == window
+            if opened is not None and repeat:
+                opened[2][0] += 1
+            else:
+                self._open[key] = (window, record, [0])
+        self._write_summaries(closed)
+        return None if repeat else self.log.record(record)
+
+    def flush(self) -> int:
+        """Write the counts of every window, open or closed; returns how many summary records were written."""
+        with self._lock:
+            closed = [(window, first, count[0]) for window, first, count in self._open.values() if count[0]]
+            self._open.clear()
+        self._write_summaries(closed)
+        return len(closed)
+
+    def _take_closed(self, current_window: int) -> list[tuple[int, AuditRecord, int]]:
+        closed_keys = [k for k, (window, _, _) in self._open.items() if window != current_window]
+        if len(self._open) - len(closed_keys) >= self.max_open:  # bounded memory: close the oldest early
+            closed_keys.extend(list(self._open)[: len(self._open) // 2])
+        closed = []
+        for key in dict.fromkeys(closed_keys):
+            window, first, count = self._open.pop(key)
+            if count[0]:
+                closed.append((window, first, count[0]))
+        return closed
+
+    def _write_summaries(self, closed: list[tuple[int, AuditRecord, int]]) -> None:
+        for window, first, count in closed:
+            start = datetime.fromtimestamp(window * self.window_s, UTC)
+            details = {
+                **first.details,
+                "repeated": str(count),
+                "window-start": start.isoformat(),
+                "window-seconds": f"{self.window_s:g}",
+            }
+            self.log.record(dataclasses.replace(first, recorded=datetime.now(UTC), request_id=None, details=details))
+
+
 class AuditLog:
     """The audit store on one engine: record events in their own transaction, search, read the head, verify."""
 
     def __init__(self, engine: Engine, *, source: AuditSource | None = None) -> None:
         self.engine = engine
         self.source = source
+        self.repeated_reads = RepeatedReads(self)
 
     def record(self, record: AuditRecord) -> StoredAuditEvent:
         with self.engine.begin() as connection:
             return append(connection, record, source=self.source)
 
+    def record_read(self, record: AuditRecord) -> StoredAuditEvent | None:
+        """Record a read, counting identical repeats within a minute instead of chaining each (`RepeatedReads`)."""
+        return self.repeated_reads.record(record)
+
+    def flush(self) -> int:
+        """Write the counts of repeated reads still held in memory (call before the process stops)."""
+        return self.repeated_reads.flush()
+
     def append(self, connection: Connection, record: AuditRecord) -> StoredAuditEvent:
         """`append` with this log's source, inside the caller's transaction."""
         return append(connection, record, source=self.source)
+
+    def append_many(self, connection: Connection, records: Sequence[AuditRecord]) -> list[StoredAuditEvent]:
+        """`append_many` with this log's source, inside the caller's transaction."""
+        return append_many(connection, records, source=self.source)
 
     def head(self) -> ChainHead:
         with self.engine.connect() as connection:

@@ -190,6 +190,8 @@ class Role(StrEnum):
     RIS = "ris"
     COMPLIANCE = "compliance"
     ADMIN = "admin"
+    #: A metrics scraper (radtriage.compliance.monitoring_access): aggregate figures only.
+    MONITORING = "monitoring"
 
 
 #: The most each role may be granted. A registration can narrow it, never widen it.
@@ -216,6 +218,7 @@ ROLE_SCOPES: dict[Role, tuple[str, ...]] = {
     ),
     Role.COMPLIANCE: ("system/AuditEvent.rs", "system/Provenance.rs", "system/Device.rs"),
     Role.ADMIN: ("system/*.cruds",),
+    Role.MONITORING: ("system/MeasureReport.r",),
 }
 
 #: The purpose of use recorded for each role's requests (v3-PurposeOfUse).
@@ -224,6 +227,7 @@ ROLE_PURPOSE: dict[Role, str] = {
     Role.RIS: "TREAT",
     Role.COMPLIANCE: "HCOMPL",
     Role.ADMIN: "HSYSADMIN",
+    Role.MONITORING: "HSYSADMIN",
 }
 
 

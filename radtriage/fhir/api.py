@@ -64,6 +64,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request, url_for
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from ..app.core.domain import ImagingOrder, Job, JobState, Priority, TriageResult
@@ -686,6 +687,12 @@ def fhir_blueprint(
             request.url_rule.rule if request.url_rule else "-",
             "".join(traceback.format_tb(error.__traceback__)),
         )
+        if _database_unreachable(error):
+            # The database is unreachable (issue 15, docs/operations.md): nothing was stored; the client may
+            # send the same request again later, and an order sent again is not duplicated.
+            outage = TriageError(ErrorCode.INTERNAL, "the service cannot store or read data now; try again later")
+            body, _ = operation_outcome(outage)
+            return _fhir_response(body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)})
         body, status = operation_outcome(TriageError(ErrorCode.INTERNAL))
         return _fhir_response(body, status)
 
@@ -861,6 +868,14 @@ def _http_error_response(error: HTTPException | None, code: int | None = None, t
         if allow:
             headers["Allow"] = allow
     return _fhir_response(body, status, headers)
+
+
+def _database_unreachable(error: Exception) -> bool:
+    """The database could not be reached (no connection, or the connection dropped), as opposed to a statement
+    that failed on a working connection (a bug: 500)."""
+    return isinstance(error, OperationalError | InterfaceError) and (
+        error.connection_invalidated or error.statement is None
+    )
 
 
 def _fhir_response(body: JsonObject, status: int = 200, headers: dict[str, str] | None = None) -> Response:

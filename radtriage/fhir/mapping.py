@@ -229,6 +229,8 @@ def diagnostic_report(
                 "creation": _instant(result.created_at or job.updated_at),
             }
         ]
+    # Version 1 is the triage as soon as the score is stored; heatmaps, made by a later job, make version 2.
+    report["meta"]["versionId"] = "2" if heatmap_labels else "1"
     if heatmap_labels:
         report.setdefault("presentedForm", []).extend(
             {

@@ -139,7 +139,8 @@ class ReadAuditor:
         self.audit = audit
 
     def read(self, kind: EventKind, returned: Returned, **details: str) -> None:
-        self.audit.record(
+        # Repeats of the same read by the same client within a minute are counted, not chained one by one.
+        self.audit.record_read(
             AuditRecord.in_context(
                 kind,
                 interaction="read",

@@ -133,6 +133,10 @@ def build_hl7_door(
             ssl_context=tls,
             allowed_peers=PeerAllowList.parse(settings.mllp_allowed_peers),
             max_connections=settings.mllp_max_connections,
+            first_byte_timeout=settings.mllp_first_byte_timeout,
+            max_connections_per_peer=settings.mllp_max_connections_per_peer,
+            reserved_peers=PeerAllowList.parse(settings.mllp_reserved_peers),
+            reserved_connections=settings.mllp_reserved_connections,
         )
 
     if settings.ris_host and settings.ris_port > 0:

@@ -240,16 +240,8 @@ class OrderReceiver:
     def _create(self, request: OrderRequest) -> None:
         order = request.order
         uid_location = request.study_uid_location
-        if self.store.other_active_orders_for_study(order.study_instance_uid, SOURCE, order.source_key):
-            raise _Answer(
-                AckCode.ERROR,
-                Hl7Issue(
-                    ErrorCondition.DUPLICATE_KEY_IDENTIFIER,
-                    "the Study Instance UID already belongs to another order",
-                    uid_location,
-                ),
-            )
-        stored, job, created = self._call(lambda: self.service.submit_order(order))
+        # The core refuses a second live order for the same study (from any door) with CONFLICT: point at the UID.
+        stored, job, created = self._call(lambda: self.service.submit_order(order), location=uid_location)
         if not created and stored.study_instance_uid != order.study_instance_uid:
             raise _Answer(
                 AckCode.ERROR,
@@ -306,8 +298,11 @@ class OrderReceiver:
             raise
         log.info("HL7 cancel: job %s is %s", job.id, job.state.value)
 
-    def _call(self, action: Callable[[], T]) -> T:
-        """Run a core call; its errors become ACKs (AE for the message's fault, AR when it may work later)."""
+    def _call(self, action: Callable[[], T], *, location: Location | None = None) -> T:
+        """Run a core call; its errors become ACKs (AE for the message's fault, AR when it may work later).
+
+        `location` is where the ERR points when the core's error names no HL7 location of its own.
+        """
         try:
             return action()
         except TriageError as err:
@@ -319,7 +314,8 @@ class OrderReceiver:
                 ErrorCode.NOT_FOUND: ErrorCondition.UNKNOWN_KEY_IDENTIFIER,
                 ErrorCode.CONFLICT: ErrorCondition.DUPLICATE_KEY_IDENTIFIER,
             }.get(err.code, ErrorCondition.APPLICATION_INTERNAL_ERROR)
-            raise _Answer(AckCode.ERROR, Hl7Issue(condition, err.detail, _location(err.location))) from None
+            where = _location(err.location) or location
+            raise _Answer(AckCode.ERROR, Hl7Issue(condition, err.detail, where)) from None
 
     # ------------------------------------------------------------------ answering
 

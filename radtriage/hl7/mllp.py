@@ -7,7 +7,9 @@ A block is ``<VT> payload <FS><CR>`` (0x0B … 0x1C 0x0D). Layered like python-h
 * `MLLPServer`: an asyncio listener on its own thread. Persistent connections, many messages per connection
   answered in order, several connections at once, an idle timeout, a deadline for finishing a started block
   (so a client that never finishes a frame is disconnected), optional TLS with client certificates and an
-  allow-list of peer addresses. What a payload means is the handler's business: it runs on a worker thread
+  allow-list of peer addresses. So that one peer cannot lock the others out: a short deadline for the first
+  byte of a new connection, a limit of connections per peer address, and slots kept for reserved peers (the
+  RIS) that other peers cannot take. What a payload means is the handler's business: it runs on a worker thread
   (it talks to the database) and returns the bytes to send back.
 * `MLLPClient`: a blocking client with a persistent connection, for the outbox.
 
@@ -242,6 +244,10 @@ class MLLPServer:
         allowed_peers: PeerAllowList | None = None,
         max_connections: int = 64,
         handler_threads: int = 4,
+        first_byte_timeout: float = 10.0,
+        max_connections_per_peer: int = 8,
+        reserved_peers: PeerAllowList | None = None,
+        reserved_connections: int = 0,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -252,6 +258,14 @@ class MLLPServer:
         self.ssl_context = ssl_context
         self.allowed_peers = allowed_peers or PeerAllowList()
         self.max_connections = max_connections
+        #: A new connection must send its first byte within this many seconds (idle_timeout applies after).
+        self.first_byte_timeout = min(first_byte_timeout, idle_timeout)
+        #: Connections one peer address may hold at once (0: no limit); reserved peers are exempt.
+        self.max_connections_per_peer = max_connections_per_peer
+        #: Peers for which `reserved_connections` of the `max_connections` slots are kept free.
+        self.reserved_peers = reserved_peers or PeerAllowList()
+        self.reserved_connections = reserved_connections if self.reserved_peers.networks else 0
+        self._peer_hosts: dict[asyncio.Task[None], str] = {}
         self._handler_threads = handler_threads
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,13 +350,15 @@ class MLLPServer:
             log.warning("MLLP connection from %s refused: not in the allow-list", peer)
             await _close(writer)
             return
-        if len(self._connections) >= self.max_connections:
-            log.warning("MLLP connection from %s refused: %d connections open", peer, len(self._connections))
+        refusal = self._refusal(peer)
+        if refusal is not None:
+            log.warning("MLLP connection from %s refused: %s", peer, refusal)
             await _close(writer)
             return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._peer_hosts[task] = peer.host
         log.info("MLLP connection from %s", peer)
         try:
             await self._serve(reader, writer, peer)
@@ -352,28 +368,49 @@ class MLLPServer:
             pass  # the listener is stopping
         finally:
             self._connections.discard(task)
+            self._peer_hosts.pop(task, None)
             await _close(writer)
+
+    def _refusal(self, peer: Peer) -> str | None:
+        """Why a new connection from `peer` is refused, or None (runs on the loop thread: no lock needed)."""
+        open_now = len(self._connections)
+        if open_now >= self.max_connections:
+            return f"{open_now} connections open"
+        reserved = self.reserved_peers.networks and self.reserved_peers.allows(peer.host)
+        if reserved:
+            return None
+        if open_now >= self.max_connections - self.reserved_connections:
+            return f"the last {self.reserved_connections} of {self.max_connections} slots are kept for reserved peers"
+        if self.max_connections_per_peer:
+            from_peer = sum(1 for host in self._peer_hosts.values() if host == peer.host)
+            if from_peer >= self.max_connections_per_peer:
+                return f"{from_peer} connections open from this address (limit {self.max_connections_per_peer})"
+        return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         loop = asyncio.get_running_loop()
         decoder = MLLPDecoder(self.max_message_bytes)
         block_seen, block_deadline = 0, 0.0
+        silent = True  # nothing received yet on this connection
         while True:
             if decoder.in_block:
                 if decoder.blocks_started != block_seen:
                     block_seen, block_deadline = decoder.blocks_started, loop.time() + self.read_timeout
                 wait = block_deadline - loop.time()
             else:
-                wait = self.idle_timeout
+                wait = self.first_byte_timeout if silent else self.idle_timeout
             try:
                 async with asyncio.timeout(max(wait, 0.0)):
                     data = await reader.read(65536)
             except TimeoutError:
                 if decoder.in_block:
                     log.warning("MLLP block from %s not finished within %.1f s; closing", peer, self.read_timeout)
+                elif silent:
+                    log.info("MLLP connection from %s sent nothing for %.1f s; closing", peer, wait)
                 else:
                     log.info("MLLP connection from %s idle for %.1f s; closing", peer, self.idle_timeout)
                 return
+            silent = silent and not data
             if not data:
                 for leftover in decoder.end_of_stream():
                     log.warning("MLLP from %s: %s (%d bytes) discarded", peer, leftover.reason, leftover.size)

@@ -9,9 +9,7 @@ from datetime import datetime
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..app.core.domain import JobState
 from ..app.storage.messaging_tables import hl7_message_log, hl7_order_context
-from ..app.storage.tables import jobs, orders
 from .mapping import OrderContext
 
 
@@ -88,18 +86,3 @@ class HL7Store:
             ).first()
         return OrderContext.from_json(dict(row.context)) if row else None
 
-    # ------------------------------------------------------------------ reads across orders
-
-    def other_active_orders_for_study(self, study_instance_uid: str, source: str, source_key: str) -> list[str]:
-        """Ids of orders (from any door) for the same study, other than (source, source_key), not cancelled."""
-        query = (
-            select(orders.c.id)
-            .join(jobs, jobs.c.order_id == orders.c.id)
-            .where(
-                orders.c.study_instance_uid == study_instance_uid,
-                jobs.c.state != JobState.CANCELLED.value,
-                ~((orders.c.source == source) & (orders.c.source_key == source_key)),
-            )
-        )
-        with self.engine.connect() as conn:
-            return [row.id for row in conn.execute(query)]

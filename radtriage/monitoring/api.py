@@ -3,25 +3,39 @@
 Both take ``days`` (the window, default the ``metrics_window_days`` setting) and serve aggregate figures only:
 no patient data, no report text. Each request also runs the drift and performance-floor checks, so a Prometheus
 scrape is enough to raise alerts (an alert is not repeated within a day). Mount with
-``app.register_blueprint(monitoring_blueprint(monitoring))`` (no prefix: the paths are the conventional ones).
-Protect ``/metrics`` as any operations endpoint is protected (network policy or a reverse proxy).
+``app.register_blueprint(monitoring_blueprint(monitoring, guard))`` (no prefix: the paths are the conventional
+ones). In production both need a token (`radtriage.compliance.monitoring_access`): the `guard` checks it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, request
 
 from .live import prometheus_text, snapshot
 from .wiring import Monitoring
 
+if TYPE_CHECKING:
+    from ..compliance.monitoring_access import MonitoringAccess
+
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def monitoring_blueprint(monitoring: Monitoring) -> Blueprint:
+def monitoring_blueprint(monitoring: Monitoring, guard: MonitoringAccess | None = None) -> Blueprint:
     blueprint = Blueprint("monitoring", __name__)
+
+    if guard is not None:
+
+        @blueprint.before_request
+        def require_token() -> Response | None:
+            refusal = guard.check(request.headers.get("Authorization", ""), request.remote_addr)
+            if refusal is None:
+                return None
+            return Response(refusal.body, status=refusal.status, headers=refusal.headers,
+                            content_type="application/json")
 
     def window_days() -> float | None:
         raw = request.args.get("days")

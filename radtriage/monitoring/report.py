@@ -173,7 +173,10 @@ def trend_plot(path: str | os.PathLike[str], title: str, series: Sequence[Series
         draw.line((left, y, right, y), fill="#e6e6e6")
         draw.text((left - 6, y), f"{tick:.2f}", fill="black", font=font, anchor="rm")
     draw.rectangle((left, top, right, bottom), outline="black")
-    draw.text(((left + right) / 2, height - 14), "window start → end", fill="black", font=font, anchor="mb")
+    # ASCII only: PIL's default bitmap font has no arrows (a "→" was drawn as an empty box).
+    draw.text(((left + right) / 2, height - 14), "window start to end", fill="black", font=font, anchor="mb")
+    if not any(s.xs for s in series):
+        draw.text(((left + right) / 2, (top + bottom) / 2), "no data yet", fill="#555555", font=font, anchor="mm")
     for index, s in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         points = [(left + x * (right - left), bottom - y * (bottom - top)) for x, y in zip(s.xs, s.ys, strict=True)]

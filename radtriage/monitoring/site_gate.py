@@ -216,6 +216,7 @@ class SiteGate:
         if self.mode == "on":
             return "shadow_mode setting is on"
         if self.mode == "off":
+            self._check_drift(model)  # alerts still go out: the site should know, even if it acts regardless
             return None
         override = self.acceptance.latest_override(model.sha256)
         if override is not None and override.mode == "on":
@@ -230,15 +231,19 @@ class SiteGate:
             return f"no site validation recorded for model {model.name} {model.version} (sha256 {model.sha256[:12]})"
         return None
 
-    def _drift_reason(self, model: ModelIdentity) -> str | None:
-        """Runs the drift check (which raises the alert) under either action; only "shadow" acts on it."""
+    def _check_drift(self, model: ModelIdentity) -> str | None:
+        """Run the drift check (which raises the alert); None when there is none, no drift, or it failed."""
         if self.drift is None:
             return None
         try:
-            found = self.drift(model)
+            return self.drift(model)
         except Exception:  # a failing drift check must not switch the site's behaviour either way
             log.exception("the site drift check failed; shadow mode is decided without it")
             return None
+
+    def _drift_reason(self, model: ModelIdentity) -> str | None:
+        """Runs the drift check under either action; only "shadow" acts on it."""
+        found = self._check_drift(model)
         if self.drift_action != "shadow":
             return None
         self._note_drift_change(model, found)

@@ -96,6 +96,8 @@ class WorklistRow:
     study_instance_uid: str = ""
     #: When an automatic retry is planned (radtriage.app.retry): the study is waiting, not given up.
     next_attempt_at: datetime | None = None
+    #: In shadow mode (issue 10), the priority the model would have set when it is above the one in force.
+    shadow_priority: Priority | None = None
 
     @property
     def positive_findings(self) -> tuple[FindingScore, ...]:
@@ -190,6 +192,8 @@ def worklist(engine: Engine, query: WorklistQuery) -> tuple[list[WorklistRow], i
             results.c.model_placeholder,
             results.c.severity,
             results.c.not_assessed,
+            results.c.shadow,
+            results.c.model_priority,
             study_reading.c.claimed_by,
             study_reading.c.claimed_at,
             study_reading.c.read_by,
@@ -246,6 +250,11 @@ def _row(row: Any) -> WorklistRow:
         read_at=_utc(row.read_at),
         study_instance_uid=row.study_instance_uid,
         next_attempt_at=_utc(row.next_attempt_at) if state is JobState.FAILED else None,
+        shadow_priority=(
+            Priority(row.model_priority)
+            if row.shadow and row.model_priority is not None and row.model_priority > row.priority
+            else None
+        ),
     )
 
 

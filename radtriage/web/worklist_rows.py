@@ -89,6 +89,7 @@ def row_json(
         "reading_url": url("web.study_reading", job_id=row.job_id),
         "priority": row.priority.code,
         "raised": row.priority > row.requested_priority,
+        "shadow_priority": row.shadow_priority.code if row.shadow_priority else None,
         "severity": None if row.severity is None else round(row.severity, 1),
         "status": row.status.value,
         "status_label": row.status.label,

@@ -118,3 +118,10 @@ def test_a_real_process_with_port_70000_exits_non_zero_with_one_line_and_no_trac
     assert process.stderr.strip().splitlines() == [
         "radtriage: setting port (environment RADTRIAGE_PORT): 70000 is not allowed; use a port number from 1 to 65535"
     ]
+
+
+def test_an_unreadable_users_file_stops_serve_with_one_line(tmp_path: Path) -> None:
+    env = {"RADTRIAGE_HOME": str(tmp_path), "RADTRIAGE_WEB_USERS": str(tmp_path / "missing.json")}
+    code, out = _cli(["serve", "--port", "18124"], env)
+    assert code == 2 and out.strip().splitlines()[-1].startswith("radtriage: setting web_users (the users file): ")
+    assert "Traceback" not in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,23 +10,21 @@ from radtriage.app.config import load_settings
 from radtriage.app.core.domain import ImagingOrder, JobState
 from radtriage.app.core.pipeline import advance
 from radtriage.app.factory import build_components
-from tests.support.data import pydicom_data_dir
-
-RG1_STUDY = "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
+from tests.support.data import copy_as_new_study, pydicom_data_dir
 
 
 @pytest.mark.slow
 def test_jobs_left_mid_flight_are_resumed_and_completed(database_url: str, tmp_path: Path) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
-    shutil.copy(pydicom_data_dir() / "RG1_J2KI.dcm", studies)
+    uids = [copy_as_new_study(pydicom_data_dir() / "RG1_J2KI.dcm", studies) for _ in range(2)]
     settings = load_settings(env={}, home=str(tmp_path), database_url=database_url, study_folder=str(studies))
 
     # First process: accepts two orders, starts fetching one, then dies before its workers ran anything.
     first = build_components(settings)
     orders = [
-        ImagingOrder(study_instance_uid=RG1_STUDY, patient_ref=f"Patient/r{n}", source="fhir", source_key=f"k{n}")
-        for n in (1, 2)
+        ImagingOrder(study_instance_uid=uid, patient_ref=f"Patient/r{n}", source="fhir", source_key=f"k{n}")
+        for n, uid in enumerate(uids, start=1)
     ]
     jobs = [first.service.submit_order(order)[1] for order in orders]
     first.store.record_transition(advance(jobs[0], JobState.FETCHING, first.service.clock.now()))

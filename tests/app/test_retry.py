@@ -200,7 +200,8 @@ def test_operators_list_retry_and_cancel_jobs(tmp_path: Path, chest_uid: str, sc
     database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     settings = settings_for(tmp_path, database_url, dead_pacs, retry_for_hours=0.0)
     with running(settings, scorer) as components:
-        jobs_made = [components.service.submit_order(order(chest_uid, n))[1] for n in (1, 2)]
+        # Two studies (one live order per study); the PACS is down, so neither needs to exist.
+        jobs_made = [components.service.submit_order(order(f"{chest_uid}.{n}", n))[1] for n in (1, 2)]
         for job in jobs_made:
             wait_until(lambda job=job: components.service.job(job.id), lambda j: j.state is JobState.FAILED)
         env = {"RADTRIAGE_HOME": str(tmp_path), "RADTRIAGE_DATABASE_URL": database_url,

@@ -300,11 +300,14 @@ def test_feedback_is_recorded_and_audited(site: Site) -> None:
     }
     response = site.ehr.feedback(ORDER_SIGN, [entry])
     assert response.status_code == 200, response.text
-    [kept] = SqlCdsRecords(site.components.engine).feedback(card["uuid"])
+    records = SqlCdsRecords(site.components.engine)
+    issued = records.card(card["uuid"])
+    assert issued is not None and issued.job_id in site.jobs.values() and issued.patient_ref == "Patient/ehr-77"
+    [kept] = records.feedback(card["uuid"])
     assert kept.outcome == "accepted" and kept.accepted_suggestions == (card["suggestions"][0]["uuid"],)
     assert kept.issuer == "https://ehr.example.org"
-    records, _ = site.components.audit.search(AuditFilter(kind="cds-feedback"))
-    assert records and records[0].patient_ref == "Patient/ehr-77"
+    audited, _ = site.components.audit.search(AuditFilter(kind="cds-feedback"))
+    assert audited and audited[0].patient_ref == "Patient/ehr-77"
 
 
 # ---------------------------------------------------------------------------------------------- refusals

@@ -25,6 +25,7 @@ from werkzeug.test import TestResponse
 from radtriage.app.factory import Components, create_app
 from radtriage.fhir import terminology
 from radtriage.fhir.api import MAX_BODY_BYTES
+from tests.support.data import copy_as_new_study
 from tests.support.fhir_validation import assert_valid_fhir
 
 from .conftest import Studies, running_components
@@ -142,6 +143,18 @@ def test_posting_the_same_resource_again_returns_the_same_task(
     assert second["id"] == first["id"]
     assert again.headers["Location"].endswith(f"/Task/{first['id']}")
     assert second["status"] == "completed"  # the existing Task, as it is now
+    assert components.store.list_jobs()[1] == 1
+
+
+def test_a_second_order_for_the_same_study_under_another_id_is_a_409_outcome(
+    client: FlaskClient, components: Components, studies: Studies, fhir_schema_path: Path
+) -> None:
+    """One live order per study, for every door (before: two 201s and two jobs for one study)."""
+    submit(client, "/ImagingStudy", imaging_study(studies.chest, study_id="is-1"), fhir_schema_path)
+    second = post(client, "/ImagingStudy", imaging_study(studies.chest, study_id="is-2"))
+    outcome = fhir_json(second, 409, fhir_schema_path)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "conflict"
+    assert studies.chest not in json.dumps(outcome)  # the UID is not echoed
     assert components.store.list_jobs()[1] == 1
 
 
@@ -270,9 +283,8 @@ def test_reads_are_audited_with_access_control_off(
     from radtriage.compliance.audit_store import AuditFilter
 
     for n, patient in enumerate(("Patient/p1", "Patient/p2")):
-        submit(
-            client, "/ImagingStudy", imaging_study(studies.chest, study_id=f"is-{n}", patient=patient), fhir_schema_path
-        )
+        uid = copy_as_new_study(studies.root / "RG1_J2KI.dcm", studies.root)  # one live order per study
+        submit(client, "/ImagingStudy", imaging_study(uid, study_id=f"is-{n}", patient=patient), fhir_schema_path)
     assert components.queue.wait_idle(60)
     assert get(client, "/fhir/DiagnosticReport?status=preliminary", fhir_schema_path)["total"] == 2
     get(client, "/fhir/DiagnosticReport/0123abc", fhir_schema_path, status=404)
@@ -471,15 +483,14 @@ class SearchServer:
 def search_server(
     tmp_path_factory: pytest.TempPathFactory, studies: Studies, fhir_scorer: Any, fhir_schema_path: Path
 ) -> Iterator[SearchServer]:
-    """One server for all search tests (read-only): three scored orders for the chest study, two for
-    Patient/p1 and one for Patient/p2."""
+    """One server for all search tests (read-only): three scored orders, each for its own copy of the chest
+    study (one live order per study), two for Patient/p1 and one for Patient/p2."""
     with running_components(tmp_path_factory.mktemp("search"), studies, fhir_scorer) as components:
         client = create_app(components=components).test_client()
+        uids = [copy_as_new_study(studies.root / "RG1_J2KI.dcm", studies.root) for _ in range(3)]
         ids = [
-            submit(
-                client, "/ImagingStudy", imaging_study(studies.chest, study_id=f"is-{n}", patient=p), fhir_schema_path
-            )["id"]
-            for n, p in enumerate(("Patient/p1", "Patient/p1", "Patient/p2"))
+            submit(client, "/ImagingStudy", imaging_study(uid, study_id=f"is-{n}", patient=p), fhir_schema_path)["id"]
+            for n, (uid, p) in enumerate(zip(uids, ("Patient/p1", "Patient/p1", "Patient/p2"), strict=True))
         ]
         assert components.queue.wait_idle(120)
         yield SearchServer(client, ids)

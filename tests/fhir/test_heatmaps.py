@@ -66,7 +66,12 @@ def test_each_positive_finding_has_a_heatmap_the_report_links(client, fhir_schem
         task = client.get(f"/fhir/Task/{task['id']}", headers=FHIR).get_json()
     assert task["status"] == "completed"
 
+    # The heatmaps are a separate, later job: the report gets them as a new version once they are stored.
     report = client.get(f"/fhir/DiagnosticReport/{task['id']}", headers=FHIR).get_json()
+    while report["meta"]["versionId"] == "1" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        report = client.get(f"/fhir/DiagnosticReport/{task['id']}", headers=FHIR).get_json()
+    assert report["meta"]["versionId"] == "2"
     assert_valid_fhir(report, fhir_schema_path)
     positives = [
         client.get(f"/fhir/{r['reference']}", headers=FHIR).get_json()["code"]["coding"][0]["code"]

@@ -352,3 +352,30 @@ def test_non_bundle_is_refused_as_a_transaction() -> None:
     error = refused(inbound.orders_from_transaction, imaging_study())
     assert error.code is ErrorCode.INVALID_INPUT
     assert "expected a Bundle" in error.detail
+
+
+# ---------------------------------------------------------------------------------- strict primitives (issue 13)
+
+
+def test_a_string_is_never_a_fhir_integer_inside_a_transaction() -> None:
+    study = imaging_study(numberOfSeries="2")
+    error = refused(inbound.orders_from_transaction, transaction(post(study)))
+    assert (error.code, error.location) == (ErrorCode.INVALID_INPUT, "Bundle.entry[0].resource.numberOfSeries")
+
+
+@pytest.mark.parametrize(
+    ("changes", "location"),
+    [
+        ({"numberOfInstances": 1.0}, "ImagingStudy.numberOfInstances"),  # 1.0 is a decimal, not an integer
+        ({"numberOfSeries": True}, "ImagingStudy.numberOfSeries"),
+        ({"series": [{"uid": "1.2.3", "modality": {"code": "CR"}, "number": "1"}]}, "ImagingStudy.series[0].number"),
+    ],
+)
+def test_strict_primitives_in_nested_elements(changes: dict, location: str) -> None:
+    error = refused(inbound.order_from_imaging_study, imaging_study(**changes))
+    assert (error.code, error.location) == (ErrorCode.INVALID_INPUT, location)
+
+
+def test_numbers_that_are_numbers_still_pass() -> None:
+    study = imaging_study(numberOfSeries=1, series=[{"uid": "1.2.3", "modality": {"code": "CR"}, "number": 1}])
+    assert inbound.order_from_imaging_study(study).study_instance_uid == UID

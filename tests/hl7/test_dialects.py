@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
@@ -17,12 +19,13 @@ import pydicom
 import pytest
 from hl7.client import MLLPClient
 
+from radtriage.app.config import load_settings
 from radtriage.app.core.domain import JobState
 from radtriage.app.factory import Components, build_components
 from radtriage.hl7.door import HL7Door, build_hl7_door
 from radtriage.model.placeholder import ensure_placeholder
-from tests.hl7.conftest import parse_ack
-from tests.hl7.messages import omi, orm
+from tests.hl7.conftest import FAST, parse_ack
+from tests.hl7.messages import frame, omi, orm
 from tests.hl7.ris import Received, RisPeer
 from tests.support.data import pydicom_data_dir
 
@@ -42,6 +45,23 @@ def test_an_unreadable_header_is_still_answered_with_its_control_id(door: HL7Doo
     msa = parse_ack(answer).segment("MSA")
     assert str(msa(1)) == "AR"
     assert str(msa(2)) == "HAPI-CTRL-77"  # used to be empty: the sender could not match the answer
+
+
+def test_mllp_send_gets_its_control_id_back_for_an_unreadable_header(door: HL7Door, tmp_path: Path) -> None:
+    """python-hl7's command-line sender, as an integration engineer would try a HAPI sample by hand."""
+    message = orm("HAPI-CTRL-78").decode("ascii").replace("MSH|^~\\&|", "MSH|^~}|", 1)
+    sample = tmp_path / "hapi-sample.hl7"
+    sample.write_bytes(frame(message.encode("ascii")))  # without --loose, mllp_send reads an MLLP-framed stream
+    mllp_send = Path(sys.executable).with_name("mllp_send")
+    run = subprocess.run(
+        [str(mllp_send), "--port", str(door.port), "--file", str(sample), "127.0.0.1"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    msa = hl7.parse(run.stdout.decode("latin-1").strip().replace("\n", "\r")).segment("MSA")
+    assert (str(msa(1)), str(msa(2))) == ("AR", "HAPI-CTRL-78")
 
 
 def test_a_control_id_is_not_invented_when_there_is_none(door: HL7Door) -> None:
@@ -70,27 +90,30 @@ def update_for(received: list[Received], placer: str) -> hl7.Message:
     return found
 
 
-@pytest.mark.slow
-def test_each_sender_gets_its_own_dialect_and_a_study_not_analysed_is_reported(
-    components: Components, ris: RisPeer, tmp_path: Path
-) -> None:
-    studies = tmp_path / "archive"
+@pytest.fixture(scope="module")
+def updates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Received]]:
+    """What the RIS received after an OMI^O23 v2.5.1 chest order (priority A) and an ORM^O01 v2.3.1 order of an
+    extremity (priority S), both sent with python-hl7's MLLPClient and run through the real pipeline."""
+    home = tmp_path_factory.mktemp("dialects")
+    studies = home / "archive"
     studies.mkdir()
     uids = {}
     for name in ("RG1_UNCR.dcm", "RG3_J2KI.dcm"):  # a chest PA radiograph, an extremity radiograph
         shutil.copy(pydicom_data_dir() / name, studies / name)
         uids[name] = str(pydicom.dcmread(studies / name, stop_before_pixels=True).StudyInstanceUID)
-    settings = replace(
-        components.settings,
+    ris = RisPeer().start()
+    settings = load_settings(
+        env={},
+        home=str(home),
+        **FAST,
         study_folder=str(studies),
-        model=str(ensure_placeholder(tmp_path / "models")),  # this test is about HL7, not about the model
+        model=str(ensure_placeholder(home / "models")),  # this test is about HL7, not about the model
         ris_host="127.0.0.1",
         ris_port=ris.port,
         hl7_outbound_style="orm",  # the site default: an OMI sender must still get OMI back
-        shadow_mode="off",  # the test asserts the priority update itself
+        shadow_mode="off",  # the tests assert the priority update itself
         workers=1,
     )
-    components.close()
     service = build_components(settings)
     door = build_hl7_door(service, settings, listen_port=0)
     service.start()
@@ -103,26 +126,36 @@ def test_each_sender_gets_its_own_dialect_and_a_study_not_analysed_is_reported(
         assert [str(a.segment("MSA")(1)) for a in acks] == ["AA", "AA"]
         assert wait_for_job(service, "RIS^HOSP|CHESTOMI") is JobState.COMPLETED
         assert wait_for_job(service, "RIS^HOSP|LEGORM") is JobState.FAILED  # an extremity: not analysed
-        received = ris.wait_for(2, timeout=30)
-
-        omi_update = update_for(received, "CHESTOMI")
-        msh = omi_update.segment("MSH")
-        assert (str(msh(9)), str(msh(12))) == ("OMI^O23^OMI_O23", "2.5.1")  # used to be ORM^O01 v2.5.1
-        assert str(omi_update.segment("TQ1")(9)).split("^")[0] == "A"  # asap stays asap (placeholder flags nothing)
-        assert str(omi_update.segment("ORC")(7)) == ""
-
-        not_analysed = update_for(received, "LEGORM")
-        msh = not_analysed.segment("MSH")
-        assert (str(msh(9)), str(msh(12))) == ("ORM^O01", "2.3.1")
-        orc, obr, nte = (not_analysed.segment(name) for name in ("ORC", "OBR", "NTE"))
-        assert str(orc(1)) == "XO"
-        assert str(orc(7)).split("^")[5] == str(obr(27)).split("^")[5] == "S"  # its own priority, never lower
-        assert str(orc(16)).split("^")[0] == "NOT-ANALYSED"
-        code, display, system = str(nte(4)).split("^")[:3]
-        assert (code, system) == ("not-a-chest", "99RADTRIAGE") and "not a chest radiograph" in display
-        assert "Not analysed by AI triage" in str(nte(3))
-        with pytest.raises(KeyError):
-            not_analysed.segment("TQ1")  # ORM^O01 has no TQ1 in any version
+        time.sleep(1.0)  # anything else the outbox would send
+        yield list(ris.received)
     finally:
         door.stop()
         service.close()
+        ris.stop()
+
+
+@pytest.mark.slow
+def test_an_omi_sender_gets_omi_with_tq1_back(updates: list[Received]) -> None:
+    omi_update = update_for(updates, "CHESTOMI")  # used to be ORM^O01 v2.5.1 with ORC-7.6 and no TQ1
+    msh = omi_update.segment("MSH")
+    assert (str(msh(9)), str(msh(12))) == ("OMI^O23^OMI_O23", "2.5.1")
+    assert str(omi_update.segment("TQ1")(9)).split("^")[0] == "A"  # asap stays asap (placeholder flags nothing)
+    assert str(omi_update.segment("ORC")(7)) == ""
+    assert str(omi_update.segment("IPC")(3))  # the Study Instance UID, where OMI carries it
+
+
+@pytest.mark.slow
+def test_a_study_not_analysed_is_reported_at_the_orders_priority(updates: list[Received]) -> None:
+    not_analysed = update_for(updates, "LEGORM")  # used to be nothing: the RIS could not tell it from "working"
+    msh = not_analysed.segment("MSH")
+    assert (str(msh(9)), str(msh(12))) == ("ORM^O01", "2.3.1")  # and in the ORM sender's own dialect
+    orc, obr, nte = (not_analysed.segment(name) for name in ("ORC", "OBR", "NTE"))
+    assert str(orc(1)) == "XO"
+    assert str(orc(7)).split("^")[5] == str(obr(27)).split("^")[5] == "S"  # its own priority, never lower
+    assert str(orc(16)).split("^")[0] == "NOT-ANALYSED"
+    code, display, system = str(nte(4)).split("^")[:3]
+    assert (code, system) == ("not-a-chest", "99RADTRIAGE") and "not a chest radiograph" in display
+    assert "Not analysed by AI triage" in str(nte(3))
+    with pytest.raises(KeyError):
+        not_analysed.segment("TQ1")  # ORM^O01 has no TQ1 in any version
+    assert len(updates) == 2  # one message per order, nothing more

@@ -13,7 +13,6 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Engine, Integer, MetaData
 
 from radtriage.app.core.domain import ImagingOrder, Job, JobEvent, JobState
-from radtriage.app.core.pipeline import advance
 from radtriage.app.storage import SqlOrderStore, create_database_engine, migrate
 from radtriage.app.storage.messaging_tables import hl7_message_log, hl7_order_context, hl7_outbox
 from radtriage.app.storage.tables import metadata
@@ -112,18 +111,6 @@ def test_order_context_is_saved_and_replaced(engine: Engine) -> None:
     stored = store.get_context(order_id)
     assert stored is not None and stored.version == "2.5.1" and stored.accession_number == "A2"
     assert store.get_context("nope") is None
-
-
-def test_other_active_orders_for_a_study(engine: Engine) -> None:
-    add_order(engine, 1, study_uid="1.2.3.99")
-    other = add_order(engine, 2, study_uid="1.2.3.99", source="fhir")
-    store = HL7Store(engine)
-    assert store.other_active_orders_for_study("1.2.3.99", "hl7", "RIS^HOSP|PL1") == [other]
-    jobs = SqlOrderStore(engine)
-    job = jobs.job_for_order(other)
-    assert job is not None
-    jobs.record_transition(advance(job, JobState.CANCELLED, T0))
-    assert store.other_active_orders_for_study("1.2.3.99", "hl7", "RIS^HOSP|PL1") == []
 
 
 def test_outbox_order_per_patient_and_state_changes(engine: Engine) -> None:

@@ -63,6 +63,19 @@ def test_a_failing_drift_check_changes_nothing(acceptance: SiteAcceptance) -> No
     assert SiteGate(acceptance, "auto", drift_action="shadow", drift=broken)(MODEL) is None
 
 
+def test_with_shadow_mode_off_the_drift_check_still_runs_for_its_alerts(acceptance: SiteAcceptance) -> None:
+    checked: list[str] = []
+
+    def drifting(model: ModelIdentity) -> str | None:
+        checked.append(model.sha256)  # the real check (SiteDrift) raises its alert here
+        return "abnormality-score PSI 0.90"
+
+    assert SiteGate(acceptance, "off", drift_action="shadow", drift=drifting)(MODEL) is None  # acts regardless
+    assert checked == [MODEL.sha256]
+    assert SiteGate(acceptance, "on", drift=drifting)(MODEL) == "shadow_mode setting is on"
+    assert checked == [MODEL.sha256]  # already shadow: nothing to decide
+
+
 @pytest.mark.parametrize(("mode", "action"), [("maybe", "alert"), ("auto", "panic")])
 def test_unknown_values_are_refused(acceptance: SiteAcceptance, mode: str, action: str) -> None:
     with pytest.raises(ValueError, match="must be one of"):

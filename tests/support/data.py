@@ -41,3 +41,18 @@ def required_fhir_schema_path(fhir_schema_path: Path | None) -> Path:
     if fhir_schema_path is None:
         pytest.skip(NO_SHARED)
     return fhir_schema_path
+
+
+def copy_as_new_study(src: Path, root: Path) -> str:
+    """Copy a DICOM file into an archive folder under fresh UIDs (a new study of the same image); its Study UID.
+
+    One study has one live order at a time, so tests that need several orders in flight need several studies.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(src)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(root / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return str(ds.StudyInstanceUID)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from radtriage.app.config import Settings
@@ -22,7 +21,7 @@ from radtriage.imaging.folder_source import FolderStudySource
 from radtriage.model.registry import SHIPPED_DEFAULT
 from radtriage.model.scorer import XrvScorer
 from radtriage.web.users import SCRYPT_R, UserDirectory, WebRole, WebUser, hash_password
-from tests.support.data import pydicom_data_dir
+from tests.support.data import copy_as_new_study, pydicom_data_dir
 
 PASSWORD = "correct horse battery staple"
 #: Test-only scrypt cost: the production default (N = 2**14) is checked in test_users; here speed matters.
@@ -34,15 +33,6 @@ class Archive:
     root: Path
     chest: str  # RG1_J2KI: CR chest PA (JPEG 2000), analysable
     extremity: str  # RG3_J2KI: not a chest → not analysed
-
-
-def copy_as_new_study(src: Path, root: Path) -> str:
-    """Copy a DICOM file into the archive under fresh UIDs (a new study of the same image); its Study UID."""
-    ds = dcmread(src)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(root / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-    return str(ds.StudyInstanceUID)
 
 
 @pytest.fixture(scope="session")

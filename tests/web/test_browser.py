@@ -19,8 +19,8 @@ from flask import Flask
 
 from radtriage.app.core.domain import Priority
 from radtriage.app.factory import Components
-from tests.support.data import pydicom_data_dir
-from tests.web.conftest import PASSWORD, Archive, copy_as_new_study, order, wait_terminal
+from tests.support.data import copy_as_new_study, pydicom_data_dir
+from tests.web.conftest import PASSWORD, Archive, order, wait_terminal
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

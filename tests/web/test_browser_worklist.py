@@ -163,6 +163,7 @@ def test_the_study_page_has_numeric_window_level_distinct_heatmap_colours_and_fi
     wait_for(
         browser, lambda d: len((d.find_element(By.ID, "viewport").get_attribute("data-overlays") or "").split(",")) == 2
     )
+    browser.set_window_size(1440, 1250)  # tall enough for the heatmap legend under the image
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(screenshots / "study-desktop.png"))
 

@@ -12,6 +12,7 @@ from radtriage.app.core.domain import FindingScore, Priority
 from radtriage.app.factory import Components
 from radtriage.web.reading import ReadingLog
 from radtriage.web.worklist_rows import finding_chips
+from tests.support.data import copy_as_new_study, pydicom_data_dir
 from tests.web.conftest import Archive, csrf_of, order, sign_in, wait_terminal
 from tests.web.test_pages import records, user_of
 
@@ -71,7 +72,8 @@ def test_claim_and_mark_read_are_audited_read_studies_are_hidden_or_greyed_and_c
     client: FlaskClient, components: Components, archive: Archive
 ) -> None:
     _o, job = order(components, archive.extremity, accession="R-1", patient="Patient/r-1")
-    _o, other = order(components, archive.extremity, accession="R-2")
+    second_study = copy_as_new_study(pydicom_data_dir() / "RG3_J2KI.dcm", archive.root)  # one live order per study
+    _o, other = order(components, second_study, accession="R-2")
     wait_terminal(components, job.id)
     wait_terminal(components, other.id)
     sign_in(client, "rad")
@@ -181,3 +183,30 @@ def test_a_scored_row_and_the_study_page_show_chips_severity_and_not_assessed_fi
     assert 'id="wl-width-number"' in page and 'id="wl-level-number"' in page
     colours = re.findall(r'class="legend-swatch" data-colour="(#[0-9a-f]{6})"', page)
     assert len(colours) == len(result.positive_findings) and len(set(colours)) == len(colours)
+
+
+def test_in_shadow_mode_a_row_says_what_the_model_would_have_set_without_applying_it(
+    client: FlaskClient, components: Components, archive: Archive
+) -> None:
+    from sqlalchemy import update
+
+    from radtriage.app.storage.tables import results
+
+    _o, job = order(components, archive.chest, accession="SH-1")
+    wait_terminal(components, job.id)
+    with components.engine.begin() as connection:  # as the service stores a shadow-mode result
+        connection.execute(
+            update(results)
+            .where(results.c.job_id == job.id)
+            .values(shadow=True, priority=int(Priority.ROUTINE), model_priority=int(Priority.URGENT))
+        )
+        from radtriage.app.storage.tables import jobs
+
+        connection.execute(update(jobs).where(jobs.c.id == job.id).values(priority=int(Priority.ROUTINE)))
+    sign_in(client, "rad")
+    row = _rows(client)[0]
+    assert row["priority"] == "routine" and row["shadow_priority"] == "urgent"
+    assert "shadow: model says URGENT" in client.get("/worklist").get_data(as_text=True)
+    with components.engine.begin() as connection:
+        connection.execute(update(results).where(results.c.job_id == job.id).values(shadow=False))
+    assert _rows(client)[0]["shadow_priority"] is None

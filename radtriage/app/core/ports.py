@@ -8,7 +8,7 @@ port               production                                  embedded default 
 OrderStore         SQLAlchemy on PostgreSQL                    SQLAlchemy on SQLite (WAL)
 StudySource        DICOMweb (QIDO-RS / WADO-RS)                a local folder of DICOM files
 ImageScorer        torchxrayvision-based model from a registry  same, with the placeholder model
-JobQueue           (distributed queue, later)                  in-process worker thread
+JobQueue           Celery with a Redis broker                  in-process priority queue and threads
 ResultPublisher    HL7 outbox to the RIS, ...                  none (FHIR results are read, not pushed)
 =================  ==========================================  =======================================
 """
@@ -40,8 +40,12 @@ class Clock(Protocol):
 class OrderStore(Protocol):
     """The source of truth for orders, jobs and results. Every method is one transaction."""
 
-    def add_order(self, order: ImagingOrder, job: Job, event: JobEvent) -> tuple[ImagingOrder, Job, bool]:
-        """Store a new order with its job; if (source, source_key) exists, return the stored one and False."""
+    def add_order(
+        self, order: ImagingOrder, job: Job, event: JobEvent, *later: JobEvent
+    ) -> tuple[ImagingOrder, Job, bool]:
+        """Store a new order with its job; if (source, source_key) exists, return the stored one and False.
+
+        `later` are the job's next moves (received → queued), stored in the same transaction."""
         ...
 
     def get_order(self, order_id: str) -> ImagingOrder | None: ...
@@ -67,6 +71,13 @@ class OrderStore(Protocol):
         Raises `TriageError(CONFLICT)` when the job is no longer in `event.from_state` (another worker moved it).
         A `priority` lower than the job's current one is ignored: the store never lowers a job's priority.
         """
+        ...
+
+    def record_transitions(
+        self, path: Sequence[JobEvent], *, priority: Priority | None = None, result: TriageResult | None = None
+    ) -> Job:
+        """`record_transition` for consecutive moves of one job, in one transaction; each event is stored and
+        audited as its own. The compare-and-set is on the first event's from-state."""
         ...
 
     def get_result(self, job_id: str) -> TriageResult | None: ...
@@ -181,9 +192,19 @@ class ShadowGate(Protocol):
 
 
 class JobQueue(Protocol):
-    """Carries job ids only; the database holds the state, so every stage can be re-run."""
+    """Carries job ids only; the database holds the state, so every stage can be re-run.
 
-    def enqueue(self, job_id: str) -> None: ...
+    Jobs are served by priority (stat first) with ageing; see `radtriage.app.jobs`. A second delivery of the same
+    id is harmless: the service's compare-and-set claim lets only one worker run a job.
+    """
+
+    def enqueue(self, job_id: str, priority: Priority = Priority.ROUTINE) -> None:
+        """Queue a scoring job; enqueuing a waiting job again at a higher priority moves it up."""
+        ...
+
+    def enqueue_explanation(self, job_id: str) -> None:
+        """Queue the heatmaps of a scored job: served after every scoring job, so they never delay a priority."""
+        ...
 
 
 class EventListener(Protocol):

@@ -7,10 +7,12 @@ call `run_job` with a job id taken from the queue. Neither door nor worker holds
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from .domain import FindingScore, ImagingOrder, InstanceInfo, Job, JobEvent, JobState, Priority, TriageResult
 from .errors import ErrorCode, TriageError
@@ -28,6 +30,7 @@ from .ports import (
     StudySource,
     TriagePolicy,
 )
+from .progress import StagedMoves
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,13 @@ class TriageService:
         listeners: Sequence[EventListener] = (),
         publishers: Sequence[ResultPublisher] = (),
         shadow: ShadowGate | None = None,
+        lease_s: float = 300.0,
     ) -> None:
         """`scorer` is a factory so that processes that never score (web, MLLP) never load the model.
 
-        `shadow` says, per model, whether its priorities are only recorded (shadow mode); None acts on them."""
+        `shadow` says, per model, whether its priorities are only recorded (shadow mode); None acts on them.
+        `lease_s`: a job left in a running state for longer than this is taken as orphaned (its worker died) and
+        another delivery of it may take it over; a younger one belongs to the worker running it."""
         self.store = store
         self.queue = queue
         self.source = source
@@ -72,6 +78,10 @@ class TriageService:
         self.listeners = list(listeners)
         self.publishers = list(publishers)
         self.shadow = shadow
+        self.lease = timedelta(seconds=lease_s)
+        # Prepared images of recently scored studies, so the explanation job need not fetch them again.
+        self._prepared: OrderedDict[str, PreparedImage] = OrderedDict()
+        self._prepared_lock = threading.Lock()
 
     # ------------------------------------------------------------------ orders in
 
@@ -88,11 +98,13 @@ class TriageService:
         order = replace(order, id=order_id, received_at=order.received_at or now)
         job = Job(id=new_id(), order_id=order_id, state=S.RECEIVED, priority=order.requested_priority)
         created_event = JobEvent(job.id, S.RECEIVED, S.RECEIVED, now, detail=f"order received via {order.source}")
-        stored_order, stored_job, created = self.store.add_order(order, job, created_event)
+        queued_event = advance(job, S.QUEUED, now)
+        # One commit for both: the order is stored and queued together.
+        stored_order, stored_job, created = self.store.add_order(order, job, created_event, queued_event)
         if created:
             self._emit(created_event)
-            stored_job = self._move(stored_job, S.QUEUED)
-            self.queue.enqueue(stored_job.id)
+            self._emit(queued_event)
+            self.queue.enqueue(stored_job.id, stored_job.priority)
         elif stored_job.state is S.FAILED and stored_job.retryable:
             # The sender tries again, so do we: what failed (the PACS, the model) may be back.
             stored_job = self._retry_if_still_failed(stored_job.id, "retry: the order was sent again")
@@ -118,7 +130,10 @@ class TriageService:
         )
         study_changed = merged.study_instance_uid != stored.study_instance_uid
         states = (S.RECEIVED, S.QUEUED) if study_changed else tuple(s for s in JobState if not s.is_terminal)
-        return self.store.update_order(merged, job_states=states)
+        stored_order, updated = self.store.update_order(merged, job_states=states)
+        if updated.state is S.QUEUED and updated.priority > job.priority:
+            self.queue.enqueue(updated.id, updated.priority)  # moves the waiting job up
+        return stored_order, updated
 
     def cancel_order(self, source: str, source_key: str, reason: str = "cancelled by the ordering system") -> Job:
         order = self.store.find_order(source, source_key)
@@ -136,7 +151,7 @@ class TriageService:
         for automatic retries, an operator, a re-sent order); raises CONFLICT unless the job is failed."""
         job = self._job(job_id)
         job = self._move(job, S.QUEUED, detail=detail)
-        self.queue.enqueue(job.id)
+        self.queue.enqueue(job.id, job.priority)
         return job
 
     def _retry_if_still_failed(self, job_id: str, detail: str) -> Job:
@@ -148,56 +163,122 @@ class TriageService:
             return self._job(job_id)
 
     def resume_unfinished(self) -> int:
-        """Re-queue every job a previous process left unfinished; returns how many."""
+        """Re-queue every job a previous process left unfinished; returns how many.
+
+        For the embedded default, at start: this process is the only worker, so a job found running was left by a
+        process that is gone; it goes back to queued at once. (With several workers the lease decides that.)
+        """
         ids = self.store.unfinished_job_ids()
         for job_id in ids:
-            self.queue.enqueue(job_id)
+            job = self._job(job_id)
+            if not job.state.is_terminal and job.state not in (S.RECEIVED, S.QUEUED):
+                try:
+                    job = self._move(job, S.QUEUED, detail="resumed")
+                except TriageError:
+                    continue  # moved meanwhile
+            self.queue.enqueue(job.id, job.priority)
         return len(ids)
 
     # ------------------------------------------------------------------ the worker side
 
     def run_job(self, job_id: str) -> Job:
-        """Run one job through every stage. Safe to call again for the same id: stages restart from fetching."""
+        """Run one job through every stage. Safe to call again for the same id (a second delivery): it does
+        nothing to a job that is finished or that another worker is running, and takes over an orphaned one."""
         job = self._job(job_id)
         if job.state.is_terminal:
             return job
         order = self.store.get_order(job.order_id)
         if order is None:  # cannot happen with a consistent store
             raise TriageError(ErrorCode.INTERNAL, "job without an order")
+        moves = StagedMoves(job, self._now)
         try:
-            if job.state is not S.QUEUED:
-                job = self._move(job, S.QUEUED, detail="resumed")
-            job = self._move(job, S.FETCHING)
+            claimed = self._claim(job)
+            if claimed is None:
+                log.info("job %s is being run by another worker", job_id)
+                return job
+            moves = StagedMoves(claimed, self._now)
             instances = self.source.find_instances(order.study_instance_uid)
             chosen = self.selector(instances)
-            job = self._move(
-                job, S.SELECTED, data={"series": chosen.series_instance_uid, "instance": chosen.sop_instance_uid}
-            )
-            pixels = self.source.retrieve_instance(chosen)
+            moves.add(S.SELECTED, data={"series": chosen.series_instance_uid, "instance": chosen.sop_instance_uid})
             scorer = self.scorer
-            image = scorer.prepare(pixels)
-            job = self._move(job, S.PREPROCESSED)
-            job = self._move(job, S.SCORING)
+            image = scorer.prepare(self.source.retrieve_instance(chosen))
+            moves.add(S.PREPROCESSED)
+            moves.add(S.SCORING)
             findings = scorer.score(image)
             result = self._triage(job.id, order, chosen, scorer, image, findings)
-            job = self._move(job, S.SCORED, priority=result.priority, result=result)
-            job = self._move(job, S.PUBLISHING)
+            moves.add(S.SCORED)
+            moves.add(S.PUBLISHING)
+            # selected ... publishing: one commit
+            job = self._commit(moves, priority=result.priority, result=result)
             for publisher in self.publishers:
                 publisher.publish(order, result)
-            # Explanations come after the priority has been handed to the publishers: the RIS should not wait
-            # for pictures. The Task completes once they are stored, so a completed report links them.
-            self._explain(job.id, scorer, image, findings)
-            return self._move(job, S.COMPLETED)
+            job = self._move(job, S.COMPLETED)
+            # Heatmaps are a separate, lower-priority job: the priority never waits for pictures.
+            if result.positive_findings:
+                self._remember_prepared(job.id, image)
+                self.queue.enqueue_explanation(job.id)
+            return job
         except TriageError as err:
             if err.code is ErrorCode.CONFLICT:
                 # Someone else moved the job (cancelled, or another worker): their state wins.
                 log.info("job %s changed under the worker: %s", job_id, err.detail)
                 return self._job(job_id)
             log.warning("job %s failed: %s", job_id, err.code.value)
-            return self._fail(job_id, err)
+            return self._fail(job_id, err, moves)
         except Exception:
             log.exception("job %s failed with an unexpected error", job_id)
-            return self._fail(job_id, TriageError(ErrorCode.INTERNAL, "unexpected error while processing"))
+            return self._fail(job_id, TriageError(ErrorCode.INTERNAL, "unexpected error while processing"), moves)
+
+    def _claim(self, job: Job) -> Job | None:
+        """Move the job to fetching (compare-and-set, one commit), or None when another worker holds it.
+
+        A job in a running state whose last move is older than the lease was left by a worker that died (kill -9,
+        lost machine): it is put back to queued and claimed in the same commit."""
+        moves = StagedMoves(job, self._now)
+        if job.state is S.RECEIVED:
+            moves.add(S.QUEUED)
+        elif job.state is not S.QUEUED:
+            last_move = job.updated_at or job.created_at
+            if last_move is not None and self._now() - last_move < self.lease:
+                return None
+            moves.add(S.QUEUED, detail="resumed")
+        moves.add(S.FETCHING)
+        return self._commit(moves)
+
+    def explain_job(self, job_id: str) -> None:
+        """Make and store heatmaps for the positive findings of a scored study (the explanation job).
+
+        Runs after the Task completed and the priority went out; the DiagnosticReport links the heatmaps once they
+        are stored. A failure here is logged and costs the study nothing else."""
+        try:
+            result = self.store.get_result(job_id)
+            positives = [f.label for f in result.findings if f.positive] if result else []
+            if result is None or not positives:
+                return
+            scorer = self.scorer
+            image = self._take_prepared(job_id) or self._prepare_again(job_id, result)
+            self.store.add_heatmaps(job_id, scorer.explain(image, positives))
+        except Exception:
+            log.exception("heatmaps for job %s could not be made; the result is kept without them", job_id)
+
+    def _prepare_again(self, job_id: str, result: TriageResult) -> PreparedImage:
+        """Fetch and prepare the scored instance again (the explanation runs on another worker, or later)."""
+        order = self.order(self._job(job_id).order_id)
+        instances = self.source.find_instances(order.study_instance_uid)
+        chosen = next((i for i in instances if i.sop_instance_uid == result.sop_instance_uid), None)
+        if chosen is None:
+            raise TriageError(ErrorCode.STUDY_NOT_FOUND, "the scored instance is no longer in the archive")
+        return self.scorer.prepare(self.source.retrieve_instance(chosen))
+
+    def _remember_prepared(self, job_id: str, image: PreparedImage, keep: int = 8) -> None:
+        with self._prepared_lock:
+            self._prepared[job_id] = image
+            while len(self._prepared) > keep:
+                self._prepared.popitem(last=False)
+
+    def _take_prepared(self, job_id: str) -> PreparedImage | None:
+        with self._prepared_lock:
+            return self._prepared.pop(job_id, None)
 
     def _triage(
         self,
@@ -260,16 +341,6 @@ class TriageService:
                 raise TriageError(ErrorCode.MODEL_UNAVAILABLE) from exc
         return self._scorer
 
-    def _explain(self, job_id: str, scorer: ImageScorer, image: object, findings: Sequence[FindingScore]) -> None:
-        """Store heatmaps for the positive findings. An explanation that fails must not cost the study its triage."""
-        positives = [f.label for f in findings if f.positive]
-        if not positives:
-            return
-        try:
-            self.store.add_heatmaps(job_id, scorer.explain(image, positives))
-        except Exception:
-            log.exception("heatmaps for job %s could not be made; the result is kept without them", job_id)
-
     # ------------------------------------------------------------------ reads for the doors
 
     def job(self, job_id: str) -> Job:
@@ -320,7 +391,31 @@ class TriageService:
         self._emit(event)
         return stored
 
-    def _fail(self, job_id: str, err: TriageError) -> Job:
+    def _commit(
+        self, moves: StagedMoves, *, priority: Priority | None = None, result: TriageResult | None = None
+    ) -> Job:
+        """Commit the staged moves in one transaction, then emit their events in order."""
+        events = moves.take()
+        stored = self.store.record_transitions(events, priority=priority, result=result)
+        moves.job = stored
+        for event in events:
+            self._emit(event)
+        return stored
+
+    def _fail(self, job_id: str, err: TriageError, moves: StagedMoves | None = None) -> Job:
+        """Mark the job failed; moves made before the failure are committed with it, so none goes unrecorded."""
+        if moves is not None and moves.pending and not moves.job.state.is_terminal:
+            moves.add(
+                S.FAILED,
+                reason_code=err.code.value,
+                detail=err.detail,
+                data={"retryable": "true" if err.retryable else "false"},
+            )
+            try:
+                return self._commit(moves)
+            except TriageError as conflict:
+                log.info("job %s not marked failed: %s", job_id, conflict.detail)
+                return self._job(job_id)
         job = self._job(job_id)
         if job.state.is_terminal:
             return job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from .tables import heatmaps, job_events, jobs, orders, results
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from ...compliance.audit import AuditRecord
     from ...compliance.audit_store import AuditLog
 
 _ORDER_FIELDS = (
@@ -45,6 +47,18 @@ _ORDER_FIELDS = (
     "received_at",
 )
 
+
+@dataclass(frozen=True)
+class SweepCandidate:
+    """An unfinished job as the broker sweeper sees it (`radtriage.app.sweeper`)."""
+
+    job_id: str
+    state: JobState
+    priority: Priority
+    #: The job's last move (for a queued job: when it was queued; for a running one: its worker's last commit).
+    updated_at: datetime
+    enqueued_at: datetime | None
+    enqueued_priority: Priority | None
 
 
 def worklist_order() -> tuple[Any, ...]:
@@ -124,35 +138,50 @@ TransitionHook = Callable[["Connection", JobEvent], None]
 class SqlOrderStore:
     """With an `audit` log, every audited change writes its audit record in the same transaction as the change."""
 
-    def __init__(
-        self, engine: Engine, *, audit: AuditLog | None = None, hooks: Sequence[TransitionHook] = ()
-    ) -> None:
+    def __init__(self, engine: Engine, *, audit: AuditLog | None = None, hooks: Sequence[TransitionHook] = ()) -> None:
         self.engine = engine
         self.audit = audit
         self.hooks = tuple(hooks)
 
     # ------------------------------------------------------------------ orders
 
-    def add_order(self, order: ImagingOrder, job: Job, event: JobEvent) -> tuple[ImagingOrder, Job, bool]:
+    def add_order(
+        self, order: ImagingOrder, job: Job, event: JobEvent, *later: JobEvent
+    ) -> tuple[ImagingOrder, Job, bool]:
+        """`later` events (e.g. received → queued) are stored in the same transaction: one commit per order."""
         assert order.id and order.received_at, "the service assigns id and received_at"
+        state = later[-1].to_state if later else job.state
         order_values = {name: getattr(order, name) for name in _ORDER_FIELDS}
         order_values["requested_priority"] = int(order.requested_priority)
         try:
             with self.engine.begin() as conn:
+                self._lock_study(conn, order.study_instance_uid)
                 conn.execute(insert(orders).values(order_values))
+                # After the insert: on SQLite this transaction now holds the write lock, so a concurrent order
+                # for the same study either sees this one or is seen by it (PostgreSQL: the advisory lock).
+                if self._other_orders_for_study(conn, order):
+                    raise TriageError(
+                        ErrorCode.CONFLICT,
+                        "the Study Instance UID already belongs to another order",
+                        location="study_instance_uid",
+                    )
                 conn.execute(
                     insert(jobs).values(
                         id=job.id,
                         order_id=order.id,
-                        state=job.state.value,
+                        state=state.value,
                         priority=int(job.priority),
                         attempts=0,
                         retryable=False,
                         created_at=event.at,
                         updated_at=event.at,
+                        # Optimistic: the service hands the id to the queue right after this commit; a queue that
+                        # cannot take it says so (`mark_enqueued(..., None)`), and the sweeper does it later.
+                        enqueued_at=event.at,
+                        enqueued_priority=int(job.priority),
                     )
                 )
-                conn.execute(insert(job_events).values(_event_values(event)))
+                conn.execute(insert(job_events), [_event_values(e) for e in (event, *later)])
                 self._audit_received(conn, order, job)
         except IntegrityError:
             existing = self.find_order(order.source, order.source_key)
@@ -164,6 +193,30 @@ class SqlOrderStore:
         stored_job = self.get_job(job.id)
         assert stored_job is not None
         return order, stored_job, True
+
+    # One live order per study (the core's rule, for every door): while an order's job is unfinished, another
+    # order for the same study from any door is refused; once it is completed, failed or cancelled, the study may
+    # be ordered again. Re-sending the same (source, source_key) is not "another" (it is idempotent).
+
+    @staticmethod
+    def _lock_study(conn: Connection, study_instance_uid: str) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(study_instance_uid))))
+
+    @staticmethod
+    def _other_orders_for_study(conn: Connection, order: ImagingOrder) -> bool:
+        query = (
+            select(orders.c.id)
+            .join(jobs, jobs.c.order_id == orders.c.id)
+            .where(
+                orders.c.study_instance_uid == order.study_instance_uid,
+                orders.c.id != order.id,
+                jobs.c.state.not_in([state.value for state in JobState if state.is_terminal]),
+                ~((orders.c.source == order.source) & (orders.c.source_key == order.source_key)),
+            )
+            .limit(1)
+        )
+        return conn.execute(query).first() is not None
 
     def get_order(self, order_id: str) -> ImagingOrder | None:
         with self.engine.connect() as conn:
@@ -239,11 +292,22 @@ class SqlOrderStore:
     def record_transition(
         self, event: JobEvent, *, priority: Priority | None = None, result: TriageResult | None = None
     ) -> Job:
+        return self.record_transitions((event,), priority=priority, result=result)
+
+    def record_transitions(
+        self, path: Sequence[JobEvent], *, priority: Priority | None = None, result: TriageResult | None = None
+    ) -> Job:
+        """Several consecutive moves of one job in one transaction (one commit), each stored and audited as its
+        own event. The compare-and-set is on the first move's from-state."""
+        assert path, "record_transitions needs at least one event"
+        first, event = path[0], path[-1]
+        for before_event, after_event in zip(path, path[1:], strict=False):
+            assert before_event.job_id == after_event.job_id and before_event.to_state is after_event.from_state
         values: dict[str, Any] = {"state": event.to_state.value, "updated_at": event.at}
         if priority is not None:
             # Never lower: an update (HL7 XO) may have raised the job's priority while it was being scored.
             values["priority"] = case((jobs.c.priority > int(priority), jobs.c.priority), else_=int(priority))
-        if event.to_state is JobState.FETCHING:
+        if any(e.to_state is JobState.FETCHING for e in path):
             values["attempts"] = jobs.c.attempts + 1
         if event.to_state is JobState.FAILED:
             values.update(
@@ -251,7 +315,7 @@ class SqlOrderStore:
                 failure_detail=event.detail,
                 retryable=event.data.get("retryable") == "true",
             )
-        elif event.to_state is JobState.QUEUED:
+        elif any(e.to_state is JobState.QUEUED for e in path):
             values.update(failure_code=None, failure_detail=None, retryable=False)
         with self.engine.begin() as conn:
             before = conn.execute(
@@ -261,20 +325,30 @@ class SqlOrderStore:
             ).first()
             # Compare-and-set: the move only happens if nobody else moved the job since it was read.
             updated = conn.execute(
-                update(jobs).where(jobs.c.id == event.job_id, jobs.c.state == event.from_state.value).values(values)
+                update(jobs).where(jobs.c.id == event.job_id, jobs.c.state == first.from_state.value).values(values)
             )
             if updated.rowcount != 1:
-                raise TriageError(ErrorCode.CONFLICT, f"job is no longer {event.from_state.value}")
-            conn.execute(insert(job_events).values(_event_values(event)))
-            for hook in self.hooks:
-                hook(conn, event)
+                raise TriageError(ErrorCode.CONFLICT, f"job is no longer {first.from_state.value}")
+            conn.execute(insert(job_events), [_event_values(e) for e in path])
+            for moved in path:
+                for hook in self.hooks:
+                    hook(conn, moved)
             if result is not None:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id == result.job_id))
                 conn.execute(results.delete().where(results.c.job_id == result.job_id))
                 conn.execute(insert(results).values(self._result_values(result)))
                 self._insert_heatmaps(conn, result.job_id, result.heatmaps)
             if before is not None:
-                self._audit_transition(conn, event, before, priority, result)
+                # The result and a raised priority belong to the move that produced them (scored, if in the path).
+                carrier = next((e for e in path if e.to_state is JobState.SCORED), event)
+                records = []
+                for audited in path:
+                    mine = audited is carrier
+                    records += self._audit_records(
+                        audited, before, priority if mine else None, result if mine else None
+                    )
+                if self.audit is not None:
+                    self.audit.append_many(conn, records)
         job = self.get_job(event.job_id)
         assert job is not None
         return job
@@ -297,16 +371,15 @@ class SqlOrderStore:
         if record is not None:
             self.audit.append(conn, record)
 
-    def _audit_transition(
+    def _audit_records(
         self,
-        conn: Connection,
         event: JobEvent,
         before: Row[Any, Any, Any],
         priority: Priority | None,
         result: TriageResult | None,
-    ) -> None:
+    ) -> list[AuditRecord]:
         if self.audit is None:
-            return
+            return []
         from ...compliance.audit import PRIORITY_CHANGED, AuditRecord, record_for_job_transition
 
         details = (
@@ -321,6 +394,7 @@ class SqlOrderStore:
             if result is not None
             else {}
         )
+        records = []
         record = record_for_job_transition(
             job_id=event.job_id,
             to_state=event.to_state.value,
@@ -331,17 +405,17 @@ class SqlOrderStore:
             details=details,
         )
         if record is not None:
-            self.audit.append(conn, record)
+            records.append(record)
         if priority is not None and int(priority) > before.priority:
-            self.audit.append(
-                conn,
+            records.append(
                 AuditRecord(
                     PRIORITY_CHANGED,
                     patient_ref=before.patient_ref,
                     entities=(f"Task/{event.job_id}",),  # the FHIR door's Task id is the job id
                     details={"job": event.job_id, "from": Priority(before.priority).code, "to": priority.code},
-                ),
+                )
             )
+        return records
 
     @staticmethod
     def _result_values(result: TriageResult) -> dict[str, Any]:
@@ -475,6 +549,38 @@ class SqlOrderStore:
                 conn.execute(heatmaps.delete().where(heatmaps.c.job_id.in_(expired_jobs)))
                 conn.execute(results.delete().where(expired))
         return count
+
+    def mark_enqueued(self, job_id: str, priority: Priority | None, at: datetime) -> None:
+        """Note that the job's id was handed to the broker at `priority` (None: the broker could not take it)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(enqueued_at=at if priority is not None else None, enqueued_priority=priority)
+            )
+
+    def sweep_candidates(self, limit: int = 5000) -> list[SweepCandidate]:
+        """Unfinished jobs with what the sweeper needs to decide whether the broker should get them again."""
+        terminal = [s.value for s in JobState if s.is_terminal]
+        columns = (jobs.c.id, jobs.c.state, jobs.c.priority, jobs.c.updated_at, jobs.c.enqueued_at)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*columns, jobs.c.enqueued_priority)
+                .where(jobs.c.state.not_in(terminal))
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at)
+                .limit(limit)
+            ).all()
+        return [
+            SweepCandidate(
+                r.id,
+                JobState(r.state),
+                Priority(r.priority),
+                _utc(r.updated_at),
+                _utc(r.enqueued_at),
+                Priority(r.enqueued_priority) if r.enqueued_priority is not None else None,
+            )
+            for r in rows
+        ]
 
     def unfinished_job_ids(self) -> list[str]:
         terminal = [s.value for s in JobState if s.is_terminal]

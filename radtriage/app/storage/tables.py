@@ -70,6 +70,10 @@ jobs = Table(
     # tried next (NULL: not waiting), and the end of its retry window (NULL: no window open).
     Column("next_attempt_at", DateTime(timezone=True)),
     Column("retry_until", DateTime(timezone=True)),
+    # With a broker (Celery): when the job id was last handed to it and at which priority; NULL when the broker
+    # could not take it. The sweeper (radtriage.app.sweeper) re-queues from these.
+    Column("enqueued_at", DateTime(timezone=True)),
+    Column("enqueued_priority", Integer),
 )
 Index("ix_jobs_state", jobs.c.state)
 Index("ix_jobs_next_attempt_at", jobs.c.next_attempt_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -189,3 +190,51 @@ def test_unfinished_jobs_exclude_terminal_states(store: SqlOrderStore) -> None:
     add(store, 3)
     assert sorted(store.unfinished_job_ids()) == ["job0002", "job0003"]
     assert store.list_jobs(states=[JobState.CANCELLED])[1] == 1
+
+
+# ---------------------------------------------------------------------- one live order per study (any door)
+
+
+def _order_for_study(n: int, uid: str, source: str) -> tuple[ImagingOrder, Job, JobEvent]:
+    order = replace(make_order(n), study_instance_uid=uid, source=source, source_key=f"{source}-key-{n}")
+    job = Job(id=f"job{n:04d}", order_id=order.id, state=JobState.RECEIVED, priority=order.requested_priority)
+    return order, job, JobEvent(job.id, JobState.RECEIVED, JobState.RECEIVED, T0)
+
+
+def test_a_second_order_for_the_same_study_is_a_conflict_until_the_first_is_finished(store: SqlOrderStore) -> None:
+    uid = "1.2.826.0.1.3680043.10.1.777"
+    first, job, event = _order_for_study(1, uid, "hl7")
+    store.add_order(first, job, event)
+    for n, source in ((2, "fhir"), (3, "hl7")):
+        with pytest.raises(TriageError) as refused:
+            store.add_order(*_order_for_study(n, uid, source))
+        assert refused.value.code is ErrorCode.CONFLICT and uid not in refused.value.detail
+        assert store.get_order(f"order{n:04d}") is None  # nothing of the refused order was kept
+    # Re-sending the first order is idempotent, not a conflict.
+    assert store.add_order(first, replace(job, id="job9999"), event)[2] is False
+    walk(store, store.get_job(job.id), JobState.QUEUED, JobState.FETCHING)
+    with pytest.raises(TriageError):  # still live while it is being worked on
+        store.add_order(*_order_for_study(5, uid, "fhir"))
+    walk(store, store.get_job(job.id), JobState.CANCELLED)
+    assert store.add_order(*_order_for_study(4, uid, "fhir"))[2] is True
+
+
+def test_concurrent_orders_for_one_study_from_two_doors_create_one_job(store: SqlOrderStore) -> None:
+    uid = "1.2.826.0.1.3680043.10.1.778"
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def submit(n: int) -> None:
+        barrier.wait(10)
+        try:
+            store.add_order(*_order_for_study(n, uid, "fhir" if n % 2 else "hl7"))
+            outcomes.append("created")
+        except TriageError as err:
+            outcomes.append(err.code.value)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(10, 16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["conflict"] * 5 + ["created"]
