@@ -769,8 +769,10 @@ def _bytes(data: bytes) -> Any:
 
 
 def _evaluation_summary(folder: Path) -> dict[str, Any] | None:
-    """Headline numbers from the artefact's evaluation.json: per label, on the held-out test split and on the
-    external data, AUROC (with its 95% interval), sensitivity and specificity at the operating threshold."""
+    """Headline numbers from the artefact's evaluation.json: per finding, AUROC (with its 95% interval),
+    sensitivity and specificity at the shipped operating point, on the held-out test split of each source and
+    on each source left out of training (the figure that says how the model does at a hospital it never saw).
+    Older artefacts (one held-out split and external data) are read too."""
     path = folder / "evaluation.json"
     if not path.exists():
         return None
@@ -778,37 +780,64 @@ def _evaluation_summary(folder: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    sections = []
-    for key in ("held_out", "external"):
-        block = data.get(key)
-        if not isinstance(block, dict):
-            continue
-        everything = (block.get("groups") or {}).get("all") or {}
-        rows = []
-        for label, m in everything.items():
-            if not isinstance(m, dict):
-                continue
-            interval = m.get("auroc_ci95") or [None, None]
-            rows.append(
-                {
-                    "label": label,
-                    "n": m.get("n"),
-                    "positives": m.get("positives"),
-                    "auroc": m.get("auroc"),
-                    "ci_low": interval[0],
-                    "ci_high": interval[1],
-                    "sensitivity": m.get("recall"),
-                    "specificity": m.get("specificity"),
-                    "threshold": m.get("threshold"),
-                }
-            )
-        sections.append({"name": block.get("description") or key, "images": block.get("images"), "rows": rows})
+    if not isinstance(data, dict):
+        return None
+    sections = _per_source_sections(data) or _held_out_sections(data)
     return {
         "evaluated_at": data.get("evaluated_at"),
         "threshold_source": data.get("threshold_source"),
         "target_sensitivity": data.get("target_sensitivity"),
         "sections": sections,
     }
+
+
+def _metric_row(label: str, m: dict[str, Any]) -> dict[str, Any]:
+    interval = m.get("auroc_ci95") or [None, None]
+    return {
+        "label": label,
+        "n": m.get("n"),
+        "positives": m.get("positives"),
+        "auroc": m.get("auroc"),
+        "ci_low": interval[0],
+        "ci_high": interval[1],
+        "sensitivity": m.get("sensitivity", m.get("recall")),
+        "specificity": m.get("specificity"),
+        "threshold": m.get("threshold"),
+    }
+
+
+def _per_source_sections(data: dict[str, Any]) -> list[dict[str, Any]]:
+    titles = {
+        "per_source_test": "Held-out test split, by source",
+        "leave_one_source_out": "Each source left out of training, then scored",
+    }
+    sections = []
+    for key, title in titles.items():
+        block = data.get(key)
+        if not isinstance(block, dict):
+            continue
+        rows = []
+        for source, metrics in block.items():
+            if not isinstance(metrics, dict):
+                continue
+            for label, m in metrics.items():
+                if isinstance(m, dict) and "n" in m and ("auroc" in m or "specificity" in m):
+                    rows.append(_metric_row(f"{source} · {label}", m))
+        images = sum(int(m.get("images") or 0) for m in block.values() if isinstance(m, dict))
+        sections.append({"name": title, "images": images or None, "rows": rows})
+    return sections
+
+
+def _held_out_sections(data: dict[str, Any]) -> list[dict[str, Any]]:
+    sections = []
+    for key in ("held_out", "external"):
+        block = data.get(key)
+        if not isinstance(block, dict):
+            continue
+        everything = (block.get("groups") or {}).get("all") or {}
+        rows = [_metric_row(label, m) for label, m in everything.items() if isinstance(m, dict)]
+        sections.append({"name": block.get("description") or key, "images": block.get("images"), "rows": rows})
+    return sections
 
 
 __all__ = ["web_blueprint", "render_message", "masked_patient"]
