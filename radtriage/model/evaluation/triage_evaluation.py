@@ -139,9 +139,11 @@ def held_out_groups(fitted: FittedTriage, images: Sequence[LabelledImage], featu
 
     probabilities = fitted.probabilities(features)
     sources = np.array([image.source for image in images])
+    views = np.array([f"view={image.view_group}" for image in images])
     groups: dict[str, Any] = {}
-    for group in ["all", *sorted(set(sources.tolist()))]:
-        rows = np.ones(len(images), dtype=bool) if group == "all" else sources == group
+    for group in ["all", *sorted(set(sources.tolist())), *sorted(set(views.tolist()))]:
+        rows = (np.ones(len(images), dtype=bool) if group == "all" else views == group if group.startswith("view=")
+                else sources == group)
         chosen = [image for image, keep in zip(images, rows, strict=True) if keep]
         block: dict[str, Any] = {}
         columns = [*fitted.labels, "abnormality"]
@@ -152,7 +154,7 @@ def held_out_groups(fitted: FittedTriage, images: Sequence[LabelledImage], featu
             known = ~np.isnan(targets[:, j])
             if known.any():
                 block[name] = finding_metrics(targets[known, j], scores[known, j], cuts[j], bootstrap=bootstrap)
-        groups[group if group == "all" else f"source={group}"] = block
+        groups[group if group == "all" or group.startswith("view=") else f"source={group}"] = block
     return {"groups": groups, "description": "test patients of every source (held out)",
             "images": len(images)}
 
