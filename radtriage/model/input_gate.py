@@ -40,11 +40,12 @@ CHILD_REASON = "the film looks like a child's chest radiograph; the model is for
 
 def check_gate(residual: float, distance: float, child: float, limits: Sequence[float], child_limit: float, *,
                inverted: float = 0.0) -> None:
-    """Refuse (TriageError) an image whose gate measures pass the limits; polarity, then novelty, then child."""
-    if inverted >= INVERTED_LIMIT:
-        raise TriageError(ErrorCode.IMAGE_QUALITY, f"{INVERTED_REASON}; not analysed")
+    """Refuse (TriageError) an image whose gate measures pass the limits: novelty first (a photograph or noise is
+    "not like a chest film", whatever its polarity looks like), then polarity, then a child's film."""
     if not (np.isfinite(residual) and np.isfinite(distance)) or residual > limits[0] or distance > limits[1]:
         raise TriageError(ErrorCode.OUT_OF_DISTRIBUTION, f"{NOVELTY_REASON}; not analysed")
+    if inverted >= INVERTED_LIMIT:
+        raise TriageError(ErrorCode.IMAGE_QUALITY, f"{INVERTED_REASON}; not analysed")
     if child >= child_limit:
         raise TriageError(ErrorCode.OUTSIDE_INTENDED_USE, f"{CHILD_REASON}; not analysed")
 

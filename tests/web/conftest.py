@@ -36,8 +36,19 @@ class Archive:
 
 
 @pytest.fixture(scope="session")
-def web_scorer() -> XrvScorer:
-    return XrvScorer.from_artefact(SHIPPED_DEFAULT, max_threads=None)
+def web_scorer(tmp_path_factory: pytest.TempPathFactory) -> XrvScorer:
+    """The shipped model with its operating points at 0: the pages need a study with positive findings
+    (chips, heatmaps), and the new default rightly does not flag the adult test film. Weights and sha256 are as
+    shipped; only the manifest's threshold differs."""
+    import json
+    import shutil
+
+    model = tmp_path_factory.mktemp("model") / "flags-pneumonia"
+    shutil.copytree(SHIPPED_DEFAULT, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["thresholds"] = dict.fromkeys(manifest["labels"], 0.0)  # every assessed finding positive
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return XrvScorer.from_artefact(model, max_threads=None)
 
 
 @pytest.fixture

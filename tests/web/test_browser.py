@@ -42,6 +42,23 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 WAIT_S = 60
 
 
+@pytest.fixture(scope="module")
+def web_scorer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The shipped model with its Pneumonia operating point at 0, so the adult film (which the shipped model, rightly,
+    does not flag) has a positive finding whose heatmap the page can toggle; weights and sha256 are untouched."""
+    import json
+
+    from radtriage.model.registry import SHIPPED_DEFAULT
+    from radtriage.model.scorer import XrvScorer
+
+    model = tmp_path_factory.mktemp("model") / "flags-pneumonia"
+    shutil.copytree(SHIPPED_DEFAULT, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["thresholds"]["Pneumonia"] = 0.0
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return XrvScorer.from_artefact(model, max_threads=None)
+
+
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
     base = os.environ.get("RADTRIAGE_ARTIFACTS")

@@ -137,7 +137,10 @@ def render_card(manifest: ModelManifest, report: Mapping[str, Any]) -> str:
               f"mean absolute error {_num(severity.get('mean_absolute_error'))} ({severity.get('method')}).", "",
               "## Input gate: refusals by reason", ""]
     lines += _gate_rows(report.get("input_gate", {}), report.get("leave_one_source_out", {}))
-    lines += ["", f"Lateral films: {report.get('input_gate', {}).get('lateral_films', 'n/a')}.", "",
+    lines += ["", "'dicom chest' includes Fake_MONOHR1.dcm (the SIIM film's pixels under a MONOCHROME1 tag): read as "
+              "its header says, it is an inverted film, so refusing it is right. The refitted-gate table does not "
+              "include the inverted-film detector (it has no source-specific part: a film and its negative).", "",
+              f"Lateral films: {report.get('input_gate', {}).get('lateral_films', 'n/a')}.", "",
               "## Training", ""]
     training = report.get("training", {})
     lines += [f"* {training.get('images')} images; development {training.get('development_images')}, test "

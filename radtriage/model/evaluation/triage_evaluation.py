@@ -26,7 +26,7 @@ from radtriage.app.core.errors import TriageError
 from ..datasets import LabelledImage
 from ..input_gate import fit_child_detector, fit_feature_gate
 from ..networks.frozen_triage import GATE_COMPONENTS
-from ..training.recipe import public_validation
+from ..training.recipe import FittedTriage, public_validation
 from .shortcut import source_shortcut
 from .triage_report import group_metrics, leave_one_source_out
 
@@ -128,6 +128,46 @@ def gate_challenge(model_dir: Path, test_images: Sequence[LabelledImage], dicom_
     return report
 
 
+def held_out_groups(fitted: FittedTriage, images: Sequence[LabelledImage], features: npt.NDArray[Any], *,
+                    bootstrap: int) -> dict[str, Any]:
+    """The test split in the layout the web model page and the drift monitor read (``held_out.groups.<group>.
+    <label>``: n, positives, AUROC and interval, recall, specificity, ECE, calibration bins), per label and
+    "abnormality" (against "Lung Opacity"), for all test images and per source."""
+    from ..sources import LUNG_OPACITY
+    from ..training.recipe import target_matrix
+    from .metrics import finding_metrics
+
+    probabilities = fitted.probabilities(features)
+    sources = np.array([image.source for image in images])
+    views = np.array([f"view={image.view_group}" for image in images])
+    groups: dict[str, Any] = {}
+    for group in ["all", *sorted(set(sources.tolist())), *sorted(set(views.tolist()))]:
+        rows = (np.ones(len(images), dtype=bool) if group == "all" else views == group if group.startswith("view=")
+                else sources == group)
+        chosen = [image for image, keep in zip(images, rows, strict=True) if keep]
+        block: dict[str, Any] = {}
+        columns = [*fitted.labels, "abnormality"]
+        targets = target_matrix(chosen, [*fitted.labels, LUNG_OPACITY])
+        scores = np.column_stack([probabilities[rows], probabilities[rows].max(axis=1)])
+        cuts = [*(fitted.thresholds[label] for label in fitted.labels), fitted.abnormality_threshold]
+        for j, name in enumerate(columns):
+            known = ~np.isnan(targets[:, j])
+            if known.any():
+                block[name] = finding_metrics(targets[known, j], scores[known, j], cuts[j], bootstrap=bootstrap)
+        groups[group if group == "all" or group.startswith("view=") else f"source={group}"] = block
+    return {"groups": groups, "description": "test patients of every source (held out)",
+            "images": len(images)}
+
+
+def report_header(target_sensitivity: float, labels: Sequence[str]) -> dict[str, Any]:
+    """The keys every radtriage evaluation report starts with (the web model page and the monitor read them)."""
+    from datetime import UTC, datetime
+
+    return {"evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "threshold_source": "out-of-fold validation predictions on the development images",
+            "target_sensitivity": target_sensitivity, "labels": list(labels)}
+
+
 def evaluate_triage(model_dir: Path, images: Sequence[LabelledImage], clean: npt.NDArray[Any],
                     augmented: Sequence[npt.NDArray[Any]], test: npt.NDArray[np.bool_], model: FittedModel,
                     config: TriageBuildConfig, *, severity_cv: dict[str, Any],
@@ -160,6 +200,8 @@ def evaluate_triage(model_dir: Path, images: Sequence[LabelledImage], clean: npt
         shortcut["before"] = baseline
     dicom_dir = Path(config.data_root).parent / "dicom"
     return {
+        **report_header(config.recipe.target_sensitivity, model.triage.labels),
+        "held_out": held_out_groups(model.triage, subset(images, test), clean[test], bootstrap=config.bootstrap),
         "per_source_test": per_source,
         "leave_one_source_out": loso,
         "source_shortcut": shortcut,

@@ -36,6 +36,8 @@ def test_the_default_model_is_a_documented_trained_artefact() -> None:
         assert source in evaluation["leave_one_source_out"] and source in evaluation["per_source_test"]
     assert {"before", "after"} <= set(evaluation["source_shortcut"])
     assert evaluation["severity"]["images"] == 94
+    # The layout the web model page and the drift monitor read: per label, calibration bins on the test split.
+    assert all(evaluation["held_out"]["groups"]["all"][label]["calibration"] for label in manifest.labels)
     assert all(entry["licence"] for entry in manifest.training_data)
 
 

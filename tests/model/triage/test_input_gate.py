@@ -66,3 +66,12 @@ def test_inverted_detector_tells_a_film_from_its_negative() -> None:
     weight, bias, figures = fit_inverted_detector(films)
     assert figures["films_refused"] < 0.05 and figures["inverted_refused"] > 0.95
     assert ((-films) @ weight + bias > 0).mean() > 0.95
+
+
+def test_novelty_is_reported_before_polarity_and_polarity_before_age() -> None:
+    with pytest.raises(TriageError) as novel:
+        check_gate(9.0, 1.0, 0.99, limits=(2.0, 10.0), child_limit=0.9, inverted=0.99)
+    assert novel.value.code is ErrorCode.OUT_OF_DISTRIBUTION
+    with pytest.raises(TriageError) as inverted:
+        check_gate(1.0, 1.0, 0.99, limits=(2.0, 10.0), child_limit=0.9, inverted=0.99)
+    assert inverted.value.code is ErrorCode.IMAGE_QUALITY and "inverted" in inverted.value.detail
