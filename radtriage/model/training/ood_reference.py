@@ -53,7 +53,7 @@ def install_ood_reference(
     }
     manifest_path = folder / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest.setdefault("evaluation", {})["ood"] = entry
+    manifest["evaluation"] = {**(manifest.get("evaluation") or {}), "ood": entry}  # it may be null (placeholder)
     temporary = manifest_path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     temporary.replace(manifest_path)
