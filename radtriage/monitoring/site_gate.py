@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, Row, Table, insert, select
 
 from ..app.core.domain import ModelIdentity
 from ..app.storage.database import as_utc
@@ -100,18 +100,22 @@ class SiteAcceptance:
         return SiteValidation(int(new_id[0]), model.sha256, at, by, n, dict(metrics))
 
     def latest_validation(self, model_sha256: str) -> SiteValidation | None:
-        query = (
-            select(site_validations)
-            .where(site_validations.c.model_sha256 == model_sha256)
-            .order_by(site_validations.c.recorded_at.desc(), site_validations.c.id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+        row = self._newest(site_validations, model_sha256)
         if row is None:
             return None
         recorded = as_utc(row.recorded_at) or row.recorded_at
         return SiteValidation(row.id, row.model_sha256, recorded, row.recorded_by, row.n, dict(row.metrics))
+
+    def _newest(self, table: Table, model_sha256: str) -> Row[Any] | None:
+        """The newest row of `table` (site validations or shadow overrides) recorded for one model."""
+        query = (
+            select(table)
+            .where(table.c.model_sha256 == model_sha256)
+            .order_by(table.c.recorded_at.desc(), table.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first()
 
     def record_override(
         self, model: ModelIdentity, mode: str, *, reason: str, by: str, at: datetime | None = None
@@ -149,14 +153,7 @@ class SiteAcceptance:
         return override
 
     def latest_override(self, model_sha256: str) -> ShadowOverride | None:
-        query = (
-            select(shadow_overrides)
-            .where(shadow_overrides.c.model_sha256 == model_sha256)
-            .order_by(shadow_overrides.c.recorded_at.desc(), shadow_overrides.c.id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+        row = self._newest(shadow_overrides, model_sha256)
         if row is None:
             return None
         recorded = as_utc(row.recorded_at) or row.recorded_at
