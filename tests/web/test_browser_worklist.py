@@ -132,6 +132,12 @@ def test_the_study_page_has_numeric_window_level_distinct_heatmap_colours_and_fi
     wait_terminal(components, job.id)
     result = components.store.get_result(job.id)
     assert result is not None and len(result.positive_findings) >= 2, "needs two flagged findings to compare colours"
+    # Heatmaps are their own job after the Task completed: open the page once they are stored, or it redraws the
+    # overlays under the test when they arrive.
+    positives = [f.label for f in result.positive_findings]
+    WebDriverWait(browser, 120, poll_frequency=0.2).until(
+        lambda _d: components.store.heatmap_labels(job.id) == positives
+    )
     sign_in(browser, base_url, "rad")
     browser.get(f"{base_url}/studies/{job.id}")
     wait_for(browser, lambda d: d.find_element(By.ID, "viewport").get_attribute("data-loaded") == "1")
@@ -145,8 +151,10 @@ def test_the_study_page_has_numeric_window_level_distinct_heatmap_colours_and_fi
     )
     assert browser.find_element(By.ID, "wl-level-number").get_attribute("value") == "90"
 
-    swatches = browser.find_elements(By.CSS_SELECTOR, ".overlays .legend-swatch")
-    backgrounds = [s.value_of_css_property("background-image") for s in swatches]
+    backgrounds = browser.execute_script(  # read in one go: no element can go stale between two reads
+        "return Array.from(document.querySelectorAll('.overlays .legend-swatch'))"
+        ".map(function (s) { return getComputedStyle(s).backgroundImage; });"
+    )
     assert len(backgrounds) == len(result.positive_findings) and len(set(backgrounds)) == len(backgrounds)
     assert "Colour scale" in browser.find_element(By.ID, "heatmap-legend").text
     toggles = browser.find_elements(By.CSS_SELECTOR, ".heatmap-toggle")
